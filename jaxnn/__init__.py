@@ -1,0 +1,33 @@
+"""jaxnn: a small, fast, functional deep-learning toolkit on JAX, Flax and Optax.
+
+The pieces stay usable on their own (``models``, ``losses``, ``metrics``, ``optim``, ``step``);
+``Trainer`` puts them together Keras-style. ``jaxnn.data`` (datasets through tensorflow-datasets,
+without TensorFlow) is imported on demand.
+"""
+
+from jaxnn import callbacks, losses, metrics, models, optim, state, step
+from jaxnn.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from jaxnn.models import CNN, MLP
+from jaxnn.state import TrainState, create_train_state
+from jaxnn.trainer import Trainer, TrainingDivergedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "Callback",
+    "EarlyStopping",
+    "ReduceLROnPlateau",
+    "TrainState",
+    "Trainer",
+    "TrainingDivergedError",
+    "callbacks",
+    "create_train_state",
+    "losses",
+    "metrics",
+    "models",
+    "optim",
+    "state",
+    "step",
+]

@@ -1,0 +1,373 @@
+"""Callbacks with Keras' semantics: progress, early stopping and ReduceLROnPlateau.
+
+A callback is an object the training loop calls at fixed points (CLU's periodic actions), never
+code pasted into the loop. Every hook receives the ``Trainer``; ``on_epoch_end`` also gets the
+epoch's ``logs`` (``loss``, metrics, ``val_*``, ``learning_rate``, ``epoch_time_s``).
+
+Callbacks that carry state across epochs expose it as ``state_dict()`` / ``load_state_dict()`` so
+a checkpoint can hold it and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from jaxnn import metrics as metrics_lib
+from jaxnn import optim
+
+if TYPE_CHECKING:
+    from jaxnn.trainer import Trainer
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "EarlyStopping",
+    "ProgressLogger",
+    "ReduceLROnPlateau",
+    "TensorBoardLogger",
+    "format_logs",
+]
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Called once at the start of ``fit``."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Called before epoch ``epoch`` (0-based, counted over all ``fit`` calls)."""
+
+    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
+        """Called after each train dispatch with the on-device accumulated metrics.
+
+        Reading ``metrics`` synchronises with the device: do it rarely (per log interval).
+        """
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        """Called after each epoch; set ``trainer.stop_training = True`` to stop."""
+
+    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+        """Called once at the end of ``fit``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must be checkpointed for an exact resume (empty when stateless)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
+
+
+def format_logs(logs: dict[str, float]) -> str:
+    """``loss: 0.3012 - accuracy: 0.9011 - ...`` in Keras' style, skipping the epoch time."""
+    parts = []
+    for key, value in logs.items():
+        if key.endswith("_time_s"):
+            continue
+        parts.append(f"{key}: {value:.4g}" if key == "learning_rate" else f"{key}: {value:.4f}")
+    return " - ".join(parts)
+
+
+class ProgressLogger(Callback):
+    """A progress bar per epoch on a terminal, and one line per epoch everywhere.
+
+    The bar refreshes at most every ``refresh_s`` seconds, and only then fetches the running
+    metrics from the device. Output that is not a terminal stays line-based.
+
+    Args:
+      steps_per_epoch: the bar's length.
+      epochs: the total shown as ``Epoch i/epochs`` (``None`` shows only ``i``).
+      refresh_s: minimum time between bar refreshes.
+      stream: where to write (stderr by default, like tqdm).
+    """
+
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        epochs: int | None = None,
+        *,
+        refresh_s: float = 0.3,
+        stream: Any = None,
+    ):
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.refresh_s = refresh_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar = None
+        self._last = 0.0
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self._last = time.perf_counter()
+        if self.interactive:
+            from tqdm import tqdm
+
+            total = f"/{self.epochs}" if self.epochs else ""
+            self._bar = tqdm(
+                total=self.steps_per_epoch,
+                desc=f"Epoch {epoch + 1}{total}",
+                file=self.stream,
+                leave=False,
+                mininterval=self.refresh_s,
+                dynamic_ncols=True,
+            )
+
+    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        if now - self._last < self.refresh_s and steps_done < self.steps_per_epoch:
+            return
+        self._last = now
+        shown = {k: metrics[k] for k in metrics if k not in ("grad_norm", "nonfinite_steps")}
+        values = metrics_lib.compute_collection(shown)
+        values["lr"] = float(optim.current_learning_rate(trainer.state.opt_state))
+        self._bar.n = steps_done
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=True)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        total = f"/{self.epochs}" if self.epochs else ""
+        line = f"Epoch {epoch + 1}{total} - {logs['epoch_time_s']:.1f}s - {format_logs(logs)}"
+        print(line, file=self.stream, flush=True)
+
+
+def _improved(mode: str, current: float, best: float, min_delta: float) -> bool:
+    if mode == "min":
+        return current < best - min_delta
+    return current > best + min_delta
+
+
+def _resolve_mode(mode: str, monitor: str) -> str:
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode: expected 'auto', 'min' or 'max'; got {mode!r}")
+    if mode != "auto":
+        return mode
+    # Keras' rule: accuracy-like metrics are maximised, everything else minimised.
+    return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+
+
+class _Monitor(Callback):
+    """Shared monitoring of one logged value: the best so far and epochs without improvement."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float, patience: int):
+        if patience < 0:
+            raise ValueError(f"patience: expected an integer >= 0; got {patience!r}")
+        self.monitor = monitor
+        self.mode = _resolve_mode(mode, monitor)
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.wait = 0
+
+    def _current(self, logs: dict[str, float]) -> float:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"monitor: {self.monitor!r} is not in the epoch logs; available: {sorted(logs)}. "
+                "Validation metrics need validation_split or validation_data."
+            )
+        return float(logs[self.monitor])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+
+
+class EarlyStopping(_Monitor):
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    An epoch improves when the value beats the best by more than ``min_delta`` (below for
+    ``mode="min"``, above for ``"max"``; ``"auto"`` maximises names containing "acc").
+    With ``restore_best_weights`` the parameters and BatchNorm statistics of the best epoch are put
+    back when training stops early (as in Keras, a run that uses all its epochs keeps its last
+    weights).
+
+    Example::
+
+        trainer.fit(x, y, epochs=100, validation_split=0.1,
+                    callbacks=[EarlyStopping("val_loss", patience=3, restore_best_weights=True)])
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        patience: int = 0,
+        restore_best_weights: bool = False,
+    ):
+        super().__init__(monitor, mode, min_delta, patience)
+        self.restore_best_weights = restore_best_weights
+        self.best_variables = None
+        self.stopped_epoch = -1
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = self._current(logs)
+        if _improved(self.mode, current, self.best, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                # A host copy: the device buffers are donated to the next train step.
+                self.best_variables = jax.device_get(
+                    (trainer.state.params, trainer.state.batch_stats)
+                )
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            trainer.stop_training = True
+
+    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+        stopped = self.stopped_epoch >= 0
+        if stopped and self.restore_best_weights and self.best_variables is not None:
+            params, batch_stats = jax.tree_util.tree_map(np.asarray, self.best_variables)
+            trainer.state = trainer.state.replace(
+                params=jax.tree_util.tree_map(jax.numpy.asarray, params),
+                batch_stats=jax.tree_util.tree_map(jax.numpy.asarray, batch_stats),
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.stopped_epoch = int(state.get("stopped_epoch", -1))
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiplies the learning rate by ``factor`` after ``patience`` epochs without improvement.
+
+    Keras semantics: an improvement beats the best by more than ``min_delta``; after a reduction
+    ``cooldown`` epochs pass before counting again; the rate never goes below ``min_lr``. The rate
+    changes through the optimizer state's ``learning_rate_scale`` (``jaxnn.optim``), a value, not
+    a constant of the compiled step, so nothing recompiles; it shows in the logged learning rate
+    from the next epoch on.
+
+    Example::
+
+        ReduceLROnPlateau("val_accuracy", mode="max", factor=0.5, patience=5, min_lr=1e-5)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        *,
+        mode: str = "auto",
+        factor: float = 0.5,
+        patience: int = 5,
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 1e-5,
+    ):
+        if not 0 < factor < 1:
+            raise ValueError(f"factor: expected a float in (0, 1); got {factor!r}")
+        super().__init__(monitor, mode, min_delta, patience)
+        self.factor = factor
+        self.cooldown = cooldown
+        self.min_lr = min_lr
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = self._current(logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if _improved(self.mode, current, self.best, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        opt_state = trainer.state.opt_state
+        old_lr = float(optim.current_learning_rate(opt_state))
+        if old_lr > np.float32(self.min_lr):
+            scale = float(optim.get_learning_rate_scale(opt_state))
+            base_lr = old_lr / scale
+            new_scale = max(scale * self.factor, self.min_lr / base_lr)
+            trainer.state = trainer.state.replace(
+                opt_state=optim.set_learning_rate_scale(opt_state, new_scale)
+            )
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.cooldown_counter = int(state["cooldown_counter"])
+
+
+class CSVLogger(Callback):
+    """Writes ``metrics.csv``: one row per epoch with every logged value.
+
+    The file is rewritten atomically from the rows kept in memory (and in checkpoints, through
+    ``state_dict``), so a resumed run's file has each epoch exactly once.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        from jaxnn.report import atomic_write_text
+
+        self.rows.append({"epoch": epoch + 1, **logs})
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        lines = [",".join(columns)]
+        lines += [",".join(repr(row.get(c, "")) for c in columns) for row in self.rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state["rows"]]
+
+
+class TensorBoardLogger(Callback):
+    """Writes TensorBoard event files (``tensorboard --logdir <logdir>`` reads them).
+
+    One scalar per logged value and epoch, train and validation side by side under the same tag
+    group (``loss/train``, ``loss/validation``), plus ``learning_rate`` and ``grad_norm``.
+    """
+
+    def __init__(self, logdir: str):
+        self.logdir = logdir
+        self._writer = None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(self.logdir)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            if key.startswith("val_"):
+                tag = f"{key[4:]}/validation"
+            elif f"val_{key}" in logs:
+                tag = f"{key}/train"
+            else:
+                tag = key
+            self._writer.add_scalar(tag, value, epoch + 1)
+        self._writer.flush()
+
+    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,518 @@
+"""Losses: pure functions of (outputs, targets, weights) that return a weighted mean.
+
+Every loss takes the model's raw outputs (logits for the classification losses) and comes in two
+forms, after Optax's ``optax.losses``:
+
+* a per-example form, ``per_example(outputs, targets) -> (B,)``;
+* the batch form, ``fn(outputs, targets, weights=None) -> ()``, the weighted mean
+
+  .. math:: L = \\frac{\\sum_i w_i \\, \\ell_i}{\\sum_i w_i}
+
+  with :math:`L = 0` when :math:`\\sum_i w_i = 0`. Padded examples carry :math:`w_i = 0`, so they
+  count nowhere, and a dataset whose size is not a multiple of the batch gets its exact mean.
+
+``get(name)`` returns a :class:`Loss`, which bundles the per-example function with what the rest of
+the package needs to know about it (target kind, output activation, task). ``check_targets``
+validates targets on the host, in numpy, before anything compiles.
+
+Example::
+
+    loss = losses.get("sparse_categorical_crossentropy")
+    losses.check_targets(loss, y_train, num_outputs=10)
+    value = loss(logits, labels, weights)           # scalar
+    probabilities = loss.output_activation(logits)  # what predict returns
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "Loss",
+    "binary_crossentropy",
+    "binary_crossentropy_per_example",
+    "categorical_crossentropy",
+    "categorical_crossentropy_per_example",
+    "check_targets",
+    "get",
+    "mean_absolute_error",
+    "mean_absolute_error_per_example",
+    "mean_squared_error",
+    "mean_squared_error_per_example",
+    "names",
+    "sparse_categorical_crossentropy",
+    "sparse_categorical_crossentropy_per_example",
+    "weighted_mean",
+]
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+PerExample = Callable[[Array, Array], Array]
+
+TARGET_KINDS = ("int_labels", "one_hot", "binary", "real")
+TASKS = ("multiclass", "binary", "regression")
+
+
+def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> Array:
+    """The weighted mean ``Σ w·v / Σ w`` of per-example values, and 0 when ``Σ w == 0``.
+
+    .. math:: \\bar v = \\frac{\\sum_i w_i v_i}{\\sum_i w_i}
+
+    The all-zero-weight case returns 0 with zero gradients (no NaN from 0/0), so a batch made only
+    of padding is harmless.
+
+    Args:
+      values: per-example values, shape ``(B,)``.
+      weights: per-example weights, shape ``(B,)``; ``None`` means all ones.
+
+    Returns:
+      A scalar.
+
+    Example::
+
+        >>> float(weighted_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 1.0, 0.0])))
+        2.0
+    """
+    values = jnp.asarray(values)
+    if weights is None:
+        weights = jnp.ones_like(values)
+    weights = jnp.asarray(weights, values.dtype).reshape(values.shape)
+    total = jnp.sum(weights)
+    positive = total > 0
+    # The double `where` keeps both the value and its gradient finite when every weight is 0.
+    return jnp.where(positive, jnp.sum(values * weights) / jnp.where(positive, total, 1.0), 0.0)
+
+
+def _batch_size(outputs: Array, argument: str = "outputs") -> int:
+    if outputs.ndim == 0:
+        raise ValueError(
+            f"`{argument}` must have a leading batch dimension; got a scalar of shape ()."
+        )
+    return outputs.shape[0]
+
+
+def _regression_pair(outputs: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+    """Outputs and targets as ``(B, D)``; targets ``(B,)`` are fine for outputs ``(B, 1)``."""
+    outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+    batch = _batch_size(outputs)
+    if targets.size != outputs.size or (targets.ndim > 0 and targets.shape[0] != batch):
+        raise ValueError(
+            f"`targets` must have as many values per example as `outputs`: expected shape "
+            f"{outputs.shape} (or {(batch,)} for one output), got {targets.shape}."
+        )
+    outputs = outputs.reshape(batch, -1)
+    return outputs, targets.reshape(outputs.shape).astype(outputs.dtype)
+
+
+def mean_squared_error_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
+    """Per-example squared error, averaged over output dimensions.
+
+    .. math:: \\ell_i = \\frac{1}{D} \\sum_{d=1}^{D} (\\hat y_{id} - y_{id})^2
+
+    Args:
+      outputs: predictions, shape ``(B,)`` or ``(B, D)``.
+      targets: targets with the same number of values (``(B,)`` is fine for outputs ``(B, 1)``).
+
+    Returns:
+      Shape ``(B,)``.
+
+    Example::
+
+        >>> mean_squared_error_per_example(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]]))
+        Array([2.5], dtype=float32)
+    """
+    outputs, targets = _regression_pair(outputs, targets)
+    return jnp.mean(optax.losses.squared_error(outputs, targets), axis=-1)
+
+
+def mean_absolute_error_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
+    """Per-example absolute error, averaged over output dimensions.
+
+    .. math:: \\ell_i = \\frac{1}{D} \\sum_{d=1}^{D} |\\hat y_{id} - y_{id}|
+
+    Args:
+      outputs: predictions, shape ``(B,)`` or ``(B, D)``.
+      targets: targets with the same number of values (``(B,)`` is fine for outputs ``(B, 1)``).
+
+    Returns:
+      Shape ``(B,)``.
+
+    Example::
+
+        >>> mean_absolute_error_per_example(jnp.array([[1.0, -2.0]]), jnp.zeros((1, 2)))
+        Array([1.5], dtype=float32)
+    """
+    outputs, targets = _regression_pair(outputs, targets)
+    return jnp.mean(jnp.abs(outputs - targets), axis=-1)
+
+
+def binary_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
+    """Per-example binary cross-entropy from logits (stable for any logit size).
+
+    With :math:`z_i` the logit and :math:`y_i \\in [0, 1]` the (possibly soft) target,
+
+    .. math:: \\ell_i = -y_i \\log \\sigma(z_i) - (1 - y_i) \\log \\sigma(-z_i)
+
+    computed with ``log_sigmoid`` (``optax.sigmoid_binary_cross_entropy``), so logits of ±100
+    give finite values and gradients.
+
+    Args:
+      outputs: logits, shape ``(B,)`` or ``(B, 1)``.
+      targets: targets in ``[0, 1]``, shape ``(B,)`` or ``(B, 1)``.
+
+    Returns:
+      Shape ``(B,)``.
+
+    Example::
+
+        >>> binary_crossentropy_per_example(jnp.array([-100.0]), jnp.array([1.0]))
+        Array([100.], dtype=float32)
+    """
+    outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+    batch = _batch_size(outputs)
+    if outputs.size != batch or targets.size != batch:
+        raise ValueError(
+            f"binary_crossentropy expects one logit and one target per example: `outputs` of "
+            f"shape ({batch},) or ({batch}, 1) and `targets` of the same size; got outputs "
+            f"{outputs.shape} and targets {targets.shape}."
+        )
+    logits = outputs.reshape(batch)
+    return optax.sigmoid_binary_cross_entropy(logits, targets.reshape(batch).astype(logits.dtype))
+
+
+def categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
+    """Per-example softmax cross-entropy with one-hot or soft targets.
+
+    .. math:: \\ell_i = -\\sum_{c} y_{ic} \\log \\operatorname{softmax}(z_i)_c
+
+    Args:
+      outputs: logits, shape ``(B, C)``.
+      targets: one-hot or soft class probabilities, shape ``(B, C)``.
+
+    Returns:
+      Shape ``(B,)``.
+
+    Example::
+
+        >>> categorical_crossentropy_per_example(jnp.zeros((1, 4)), jnp.eye(4)[:1])  # log 4
+        Array([1.3862944], dtype=float32)
+    """
+    outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+    if outputs.ndim != 2 or targets.shape != outputs.shape:
+        raise ValueError(
+            f"categorical_crossentropy expects `outputs` of shape (B, C) and `targets` of the same "
+            f"shape (one-hot or soft); got outputs {outputs.shape} and targets {targets.shape}. "
+            f"For integer labels use 'sparse_categorical_crossentropy'."
+        )
+    return optax.softmax_cross_entropy(outputs, targets.astype(outputs.dtype))
+
+
+def sparse_categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
+    """Per-example softmax cross-entropy with integer labels.
+
+    .. math:: \\ell_i = -\\log \\operatorname{softmax}(z_i)_{y_i}
+                      = \\operatorname{logsumexp}(z_i) - z_{i y_i}
+
+    Args:
+      outputs: logits, shape ``(B, C)``.
+      targets: integer labels in ``[0, C)``, shape ``(B,)`` or ``(B, 1)``.
+
+    Returns:
+      Shape ``(B,)``.
+
+    Example::
+
+        >>> sparse_categorical_crossentropy_per_example(jnp.zeros((1, 4)), jnp.array([2]))
+        Array([1.3862944], dtype=float32)
+    """
+    outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+    if outputs.ndim != 2 or targets.size != outputs.shape[0]:
+        raise ValueError(
+            f"sparse_categorical_crossentropy expects `outputs` of shape (B, C) and integer "
+            f"`targets` of shape (B,); got outputs {outputs.shape} and targets {targets.shape}. "
+            f"For one-hot targets use 'categorical_crossentropy'."
+        )
+    labels = targets.reshape(outputs.shape[0]).astype(jnp.int32)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+
+
+def _reduced(per_example: PerExample, name: str) -> Callable[..., Array]:
+    def loss(outputs: ArrayLike, targets: ArrayLike, weights: ArrayLike | None = None) -> Array:
+        return weighted_mean(per_example(outputs, targets), weights)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = (
+        f"The weighted mean over examples of :func:`{per_example.__name__}`.\n\n"
+        ".. math:: L = \\sum_i w_i \\ell_i / \\sum_i w_i  (0 when every weight is 0)\n\n"
+        "Args:\n"
+        "  outputs: model outputs (logits for the classification losses).\n"
+        "  targets: batch targets.\n"
+        "  weights: optional ``(B,)`` example weights; 0 marks padding.\n\n"
+        "Returns:\n"
+        "  A scalar.\n\n"
+        "Example::\n\n"
+        f"    value = {name}(outputs, targets, weights)\n"
+    )
+    return loss
+
+
+mean_squared_error = _reduced(mean_squared_error_per_example, "mean_squared_error")
+mean_absolute_error = _reduced(mean_absolute_error_per_example, "mean_absolute_error")
+binary_crossentropy = _reduced(binary_crossentropy_per_example, "binary_crossentropy")
+categorical_crossentropy = _reduced(
+    categorical_crossentropy_per_example, "categorical_crossentropy"
+)
+sparse_categorical_crossentropy = _reduced(
+    sparse_categorical_crossentropy_per_example, "sparse_categorical_crossentropy"
+)
+
+
+def _identity(outputs: Array) -> Array:
+    return outputs
+
+
+_softmax = functools.partial(jax.nn.softmax, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A loss and what the rest of the package needs to know about it.
+
+    Attributes:
+      name: the registry name (or the user function's name).
+      per_example: ``(outputs, targets) -> (B,)``.
+      target_kind: ``"int_labels"``, ``"one_hot"``, ``"binary"`` or ``"real"``; drives
+        :func:`check_targets`.
+      output_activation: maps outputs to predictions (softmax, sigmoid or identity); used by
+        ``predict``.
+      task: ``"multiclass"``, ``"binary"`` or ``"regression"``.
+
+    Example::
+
+        loss = Loss("mse", mean_squared_error_per_example, "real", lambda x: x, "regression")
+        value = loss(outputs, targets, weights)
+    """
+
+    name: str
+    per_example: PerExample
+    target_kind: str
+    output_activation: Callable[[Array], Array]
+    task: str
+
+    def __post_init__(self) -> None:
+        if self.target_kind not in TARGET_KINDS:
+            raise ValueError(
+                f"`target_kind` must be one of {TARGET_KINDS}; got {self.target_kind!r}."
+            )
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}; got {self.task!r}.")
+
+    def __call__(
+        self, outputs: ArrayLike, targets: ArrayLike, weights: ArrayLike | None = None
+    ) -> Array:
+        """The weighted mean ``Σ w·ℓ / Σ w`` of the per-example loss (0 if ``Σ w == 0``)."""
+        return weighted_mean(self.per_example(outputs, targets), weights)
+
+
+_REGISTRY: dict[str, Loss] = {}
+for _loss in (
+    Loss("mse", mean_squared_error_per_example, "real", _identity, "regression"),
+    Loss("mae", mean_absolute_error_per_example, "real", _identity, "regression"),
+    Loss(
+        "binary_crossentropy", binary_crossentropy_per_example, "binary", jax.nn.sigmoid, "binary"
+    ),
+    Loss(
+        "categorical_crossentropy",
+        categorical_crossentropy_per_example,
+        "one_hot",
+        _softmax,
+        "multiclass",
+    ),
+    Loss(
+        "sparse_categorical_crossentropy",
+        sparse_categorical_crossentropy_per_example,
+        "int_labels",
+        _softmax,
+        "multiclass",
+    ),
+):
+    _REGISTRY[_loss.name] = _loss
+_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
+
+
+def names() -> list[str]:
+    """The names :func:`get` accepts, long aliases included, sorted.
+
+    Example::
+
+        >>> "mse" in names()
+        True
+    """
+    return sorted([*_REGISTRY, *_ALIASES])
+
+
+def get(name_or_callable: str | Loss | PerExample) -> Loss:
+    """Resolves a loss by name, passes a :class:`Loss` through, or wraps a user function.
+
+    A plain callable ``(outputs, targets) -> (B,)`` becomes a regression ``Loss`` (identity output
+    activation, ``target_kind="real"``); build a :class:`Loss` yourself for anything else.
+
+    Args:
+      name_or_callable: one of :func:`names`, a ``Loss``, or a per-example function.
+
+    Returns:
+      A :class:`Loss`.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the valid ones).
+      TypeError: for anything that is neither a string nor callable.
+
+    Example::
+
+        >>> get("mean_squared_error").name
+        'mse'
+    """
+    if isinstance(name_or_callable, Loss):
+        return name_or_callable
+    if isinstance(name_or_callable, str):
+        key = _ALIASES.get(name_or_callable, name_or_callable)
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"Unknown loss {name_or_callable!r}; expected one of {names()} or a callable "
+                f"(outputs, targets) -> per-example losses of shape (B,)."
+            )
+        return _REGISTRY[key]
+    if callable(name_or_callable):
+        return Loss(
+            name=getattr(name_or_callable, "__name__", "custom_loss"),
+            per_example=name_or_callable,
+            target_kind="real",
+            output_activation=_identity,
+            task="regression",
+        )
+    raise TypeError(
+        f"`loss` must be a loss name, a jaxnn.losses.Loss or a callable; "
+        f"got {type(name_or_callable).__name__}."
+    )
+
+
+def check_targets(
+    loss: Loss, targets: np.ndarray, num_outputs: int, *, argument: str = "y"
+) -> None:
+    """Validates targets on the host, in numpy, before anything compiles.
+
+    The checks follow ``loss.target_kind``:
+
+    * ``"int_labels"``: integer labels of shape ``(N,)`` or ``(N, 1)`` in ``[0, num_outputs)``;
+    * ``"one_hot"``: shape ``(N, num_outputs)`` with values in ``[0, 1]``;
+    * ``"binary"``: one output, one target per example, values in ``[0, 1]``;
+    * ``"real"``: ``num_outputs`` values per example.
+
+    NaN or Inf anywhere is an error for every kind.
+
+    Args:
+      loss: the :class:`Loss` the targets are for.
+      targets: the training targets ``y``, shape ``(N, ...)``.
+      num_outputs: the size of the model's last output dimension.
+      argument: the name the errors give the targets (``"val_y"`` for validation data).
+
+    Raises:
+      ValueError: naming ``argument``, what was expected and what was given.
+
+    Example::
+
+        >>> check_targets(get("sparse_categorical_crossentropy"), np.array([0, 2, 1]), 3)
+        >>> check_targets(get("sparse_categorical_crossentropy"), np.array([0, 3]), 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: `y` for 'sparse_categorical_crossentropy' must hold labels in [0, 3); ...
+    """
+    y = np.asarray(targets)
+    arg = f"`{argument}`"
+    name = loss.name
+    if y.ndim == 0 or y.shape[0] == 0:
+        raise ValueError(f"{arg} must have a leading example dimension; got shape {y.shape}.")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{arg} must be numeric; got dtype {y.dtype}.")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        bad = np.flatnonzero(~np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1))
+        raise ValueError(
+            f"{arg} must be finite; got NaN or Inf in {bad.size} example(s), the first at "
+            f"index {int(bad[0])}."
+        )
+    n = y.shape[0]
+    kind = loss.target_kind
+
+    if kind == "int_labels":
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise ValueError(
+                f"{arg} for {name!r} must be integer labels of shape ({n},); got shape {y.shape}, "
+                f"which looks one-hot: use 'categorical_crossentropy', or pass y.argmax(-1)."
+            )
+        if y.ndim > 2:
+            raise ValueError(
+                f"{arg} for {name!r} must be integer labels of shape ({n},); got shape {y.shape}."
+            )
+        if y.dtype.kind not in "iu":
+            raise ValueError(
+                f"{arg} for {name!r} must hold integer labels; got dtype {y.dtype}. "
+                f"Cast with y.astype(np.int32) if the values are whole class indices."
+            )
+        bad = np.flatnonzero((y < 0) | (y >= num_outputs))
+        if bad.size:
+            value = y.reshape(-1)[bad[0]]
+            raise ValueError(
+                f"{arg} for {name!r} must hold labels in [0, {num_outputs}) for a model with "
+                f"{num_outputs} outputs; got {int(value)} at index {int(bad[0])} "
+                f"({bad.size} label(s) out of range)."
+            )
+    elif kind == "one_hot":
+        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and num_outputs > 1):
+            raise ValueError(
+                f"{arg} for {name!r} must be one-hot or soft targets of shape "
+                f"({n}, {num_outputs}); got shape {y.shape} ({y.dtype}), which looks like integer "
+                f"labels: use "
+                f"'sparse_categorical_crossentropy'."
+            )
+        if y.shape != (n, num_outputs):
+            raise ValueError(
+                f"{arg} for {name!r} must have shape ({n}, {num_outputs}) to match the model's "
+                f"{num_outputs} outputs; got {y.shape}."
+            )
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError(
+                f"{arg} for {name!r} must hold probabilities in [0, 1]; got values in "
+                f"[{y.min()}, {y.max()}]."
+            )
+    elif kind == "binary":
+        if num_outputs != 1:
+            raise ValueError(
+                f"{name!r} needs a model with 1 output (a logit); got num_outputs={num_outputs}. "
+                f"For {num_outputs} classes use 'sparse_categorical_crossentropy'."
+            )
+        if y.size != n:
+            raise ValueError(
+                f"{arg} for {name!r} must have one target per example, shape ({n},) or ({n}, 1); "
+                f"got {y.shape}."
+            )
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError(
+                f"{arg} for {name!r} must hold values in [0, 1]; got values in "
+                f"[{y.min()}, {y.max()}]."
+            )
+    else:  # "real"
+        per_example = y.size // n
+        if per_example != num_outputs:
+            raise ValueError(
+                f"{arg} for {name!r} must have {num_outputs} value(s) per example to match the "
+                f"model's outputs, shape ({n}, {num_outputs})"
+                + (f" or ({n},)" if num_outputs == 1 else "")
+                + f"; got shape {y.shape} ({per_example} per example)."
+            )

@@ -1,0 +1,217 @@
+"""Flax Linen models: an MLP and a CNN returning logits; activation and initialiser registries.
+
+Both models take ``train`` as a keyword (dropout on, BatchNorm batch statistics) and an optional
+``mask`` of shape ``(batch,)`` that keeps padded examples out of the BatchNorm statistics, so a
+padded last batch trains exactly like a short one.
+
+Example::
+
+    model = CNN(filters=(32, 64), dense=(128,), dropout_rate=0.4)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    logits = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ACTIVATIONS", "CNN", "INITIALIZERS", "MLP", "get_activation", "get_initializer", "pool"]
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    # Keras' LeakyReLU default slope is 0.3 (tf.keras) / 0.2 (Keras 3); Flax's is 0.01. We follow
+    # Keras 3, which the tutorials use.
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.2),
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "sigmoid": nn.sigmoid,
+    "tanh": nn.tanh,
+    "softplus": nn.softplus,
+    "identity": lambda x: x,
+}
+
+INITIALIZERS: dict[str, Callable[..., Any]] = {
+    "glorot_uniform": nn.initializers.glorot_uniform(),
+    "glorot_normal": nn.initializers.glorot_normal(),
+    "he_uniform": nn.initializers.he_uniform(),
+    "he_normal": nn.initializers.he_normal(),
+    "lecun_uniform": nn.initializers.lecun_uniform(),
+    "lecun_normal": nn.initializers.lecun_normal(),
+    "zeros": nn.initializers.zeros,
+    "ones": nn.initializers.ones,
+}
+
+# Keras' BatchNormalization defaults (Flax uses epsilon=1e-5); the tutorials' numbers assume these.
+_BN_MOMENTUM = 0.99
+_BN_EPSILON = 1e-3
+
+
+def _lookup(registry: dict[str, Any], name: str | Callable, argument: str) -> Any:
+    if callable(name):
+        return name
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"{argument}: unknown name {name!r}; expected one of {sorted(registry)} or a callable"
+        ) from None
+
+
+def get_activation(name: str | Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """Returns the activation function registered under ``name`` (or ``name`` if callable).
+
+    Raises:
+      ValueError: naming the valid activations when ``name`` is unknown.
+    """
+    return _lookup(ACTIVATIONS, name, "activation")
+
+
+def get_initializer(name: str | Callable[..., Any]) -> Callable[..., Any]:
+    """Returns the kernel initialiser registered under ``name`` (or ``name`` if callable).
+
+    The default everywhere is ``"glorot_uniform"``, as in Keras.
+    """
+    return _lookup(INITIALIZERS, name, "kernel_init")
+
+
+def pool(x: Array, kind: str | None, window: int = 2) -> Array:
+    """Non-overlapping ``window``×``window`` pooling of NHWC images with Keras' 'valid' padding.
+
+    Implemented as a reshape and a reduction rather than ``nn.max_pool``: the result is the same,
+    but on XLA CPU the backward pass of ``reduce_window`` (select-and-scatter) is several times
+    slower than the gradient of a plain ``max`` over a reshaped axis. Trailing rows/columns that
+    do not fill a window are dropped, as 'valid' pooling does.
+
+    Args:
+      x: images of shape ``(batch, height, width, channels)``.
+      kind: ``"max"``, ``"avg"`` or ``None`` (no pooling).
+      window: window size and stride.
+    """
+    if kind is None or kind == "none":
+        return x
+    if kind not in ("max", "avg"):
+        raise ValueError(f"pool: expected 'max', 'avg' or None; got {kind!r}")
+    b, h, w, c = x.shape
+    hh, ww = h // window, w // window
+    x = x[:, : hh * window, : ww * window, :].reshape(b, hh, window, ww, window, c)
+    return x.max(axis=(2, 4)) if kind == "max" else x.mean(axis=(2, 4))
+
+
+def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype
+    )
+
+
+def _bn_mask(mask: Array | None, x: Array) -> Array | None:
+    # nn.BatchNorm wants a mask broadcastable to x: one flag per example, broadcast over features.
+    if mask is None:
+        return None
+    return jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)) > 0, x.shape)
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron on flattened inputs: (Dense → [BN] → activation → [Dropout])* → Dense.
+
+    Attributes:
+      features: widths of the hidden layers.
+      num_outputs: width of the output layer (the logits).
+      activation: a name from ``ACTIVATIONS`` or a callable.
+      dropout_rate: dropout after each hidden activation (0 disables it).
+      batch_norm: BatchNorm between each hidden Dense and its activation.
+      kernel_init: a name from ``INITIALIZERS`` or an initialiser.
+      dtype: computation dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32 and
+        the logits are returned as float32.
+    """
+
+    features: Sequence[int] = (128, 128)
+    num_outputs: int = 10
+    activation: str | Callable = "relu"
+    dropout_rate: float = 0.0
+    batch_norm: bool = False
+    kernel_init: str | Callable = "glorot_uniform"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        act = get_activation(self.activation)
+        init = get_initializer(self.kernel_init)
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for width in self.features:
+            x = nn.Dense(width, kernel_init=init, dtype=self.dtype)(x)
+            if self.batch_norm:
+                x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
+            x = act(x)
+            if self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)
+
+
+class CNN(nn.Module):
+    """A convolutional classifier: (Conv → [BN] → activation → pool)* → Flatten → Dropout → Dense*.
+
+    With the defaults and ``dropout_rate=0.4`` this is the tutorials' classic
+    Conv32-BN-ReLU-Pool-Conv64-BN-ReLU-Pool-Flatten-Dropout(0.4)-Dense128-Dense10.
+
+    Attributes:
+      filters: output channels of each convolution block.
+      kernel_size: square convolution window.
+      padding: ``"SAME"`` or ``"VALID"`` convolution padding.
+      pool: ``"max"``, ``"avg"`` or ``None``: 2×2 pooling after each block.
+      dense: widths of the hidden Dense layers after flattening.
+      num_outputs: width of the output layer (the logits).
+      activation: a name from ``ACTIVATIONS`` or a callable.
+      dropout_rate: dropout between Flatten and the first Dense (0 disables it).
+      batch_norm: BatchNorm after each convolution.
+      kernel_init: a name from ``INITIALIZERS`` or an initialiser.
+      dtype: computation dtype; parameters stay float32, logits are float32.
+    """
+
+    filters: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    padding: str = "SAME"
+    pool: str | None = "max"
+    dense: Sequence[int] = (128,)
+    num_outputs: int = 10
+    activation: str | Callable = "relu"
+    dropout_rate: float = 0.0
+    batch_norm: bool = True
+    kernel_init: str | Callable = "glorot_uniform"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        if x.ndim != 4:
+            raise ValueError(
+                "x: CNN expects images of shape (batch, height, width, channels); "
+                f"got shape {tuple(x.shape)}. Add a channel axis with x[..., None] for grayscale."
+            )
+        act = get_activation(self.activation)
+        init = get_initializer(self.kernel_init)
+        x = x.astype(self.dtype)
+        for channels in self.filters:
+            x = nn.Conv(
+                channels,
+                (self.kernel_size, self.kernel_size),
+                padding=self.padding,
+                kernel_init=init,
+                dtype=self.dtype,
+            )(x)
+            if self.batch_norm:
+                x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
+            x = pool(act(x), self.pool)
+        x = x.reshape((x.shape[0], -1))
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        for width in self.dense:
+            x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype)(x))
+        x = nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,79 @@
+"""The train-state pytree: everything a train step reads and writes, and nothing else.
+
+The model and the optimizer are not stored here (they are code, not data), so the state can be
+checkpointed, donated to ``jax.jit`` and compared bitwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["TrainState", "create_train_state", "rng_streams"]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Parameters, BatchNorm statistics, optimizer state, step counter and the dropout key.
+
+    Attributes:
+      step: number of optimizer updates applied so far (int32 scalar).
+      params: the model's ``params`` collection.
+      batch_stats: the model's ``batch_stats`` collection (an empty dict without BatchNorm).
+      opt_state: the optax state of the optimizer.
+      rng: the base dropout key; the key of step ``s`` is ``jax.random.fold_in(rng, s)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    rng: jax.Array
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The variables for ``model.apply``: params and, when present, batch_stats."""
+        if self.batch_stats:
+            return {"params": self.params, "batch_stats": self.batch_stats}
+        return {"params": self.params}
+
+
+def rng_streams(seed: int) -> dict[str, jax.Array]:
+    """Derives every random stream of a run from one seed by ``fold_in`` (big_vision's habit).
+
+    Returns a dict with keys ``init`` (parameter initialisation), ``dropout``, ``data`` (epoch
+    permutations and validation split) and ``augment``.
+    """
+    root = jax.random.key(seed)
+    names = ("init", "dropout", "data", "augment")
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    sample_input: jax.Array,
+    *,
+    seed: int = 0,
+) -> TrainState:
+    """Initialises the model on ``sample_input`` (only its shape and dtype matter) and ``tx``.
+
+    Example::
+
+        state = create_train_state(MLP(), optax.adam(1e-3), jnp.zeros((1, 784)), seed=0)
+    """
+    streams = rng_streams(seed)
+    variables = model.init(streams["init"], sample_input, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(streams["dropout"]),
+    )

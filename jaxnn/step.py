@@ -1,0 +1,180 @@
+"""Pure, jitted train / eval / predict steps: the only place Linen ``apply`` is called.
+
+A train dispatch runs ``k`` optimizer steps (``jax.lax.scan`` when ``k > 1``) over batches gathered
+on device from index arrays, accumulating metrics on device, so the host neither copies batches
+nor synchronises inside an epoch. Every batch carries a ``weight`` per example: padded examples
+have weight 0 and count nowhere (loss, metrics, BatchNorm statistics).
+
+Example (your own loop)::
+
+    steps = make_steps(model, losses.get("sparse_categorical_crossentropy"), tx, ["accuracy"])
+    acc = steps.empty_train_metrics()
+    state, acc = steps.train(state, acc, x, y, idx[None], weight[None])
+    print(metrics.compute_collection(acc))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn import metrics as metrics_lib
+from jaxnn import optim
+from jaxnn.losses import Loss, weighted_mean
+from jaxnn.state import TrainState
+
+__all__ = ["NONFINITE", "Steps", "make_steps"]
+
+Array = jax.Array
+Augment = Callable[[Array, Array], Array]
+NONFINITE = "nonfinite_steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The compiled step functions of one (model, loss, optimizer, metrics) combination.
+
+    Attributes:
+      train: ``(state, acc, x, y, idx, weight) -> (state, acc)``; ``idx`` and ``weight`` have shape
+        ``(k, batch)`` and select ``k`` consecutive batches of ``x``/``y``; state and accumulator
+        are donated.
+      evaluate: ``(variables, acc, x, y, idx, weight) -> acc`` with dropout off and running
+        BatchNorm statistics.
+      predict: ``(variables, x) -> outputs`` after the loss's output activation (probabilities
+        for classifiers, values for regression).
+      metric_names: the metrics accumulated besides ``loss``.
+    """
+
+    train: Callable[..., tuple[TrainState, dict[str, Any]]]
+    evaluate: Callable[..., dict[str, Any]]
+    predict: Callable[..., Array]
+    metric_names: tuple[str, ...]
+
+    def empty_train_metrics(self) -> dict[str, Any]:
+        """An empty accumulator for ``train``: the metrics plus the global gradient norm."""
+        acc = metrics_lib.empty_collection(("loss", *self.metric_names))
+        acc["grad_norm"] = metrics_lib.get("loss").empty()
+        acc[NONFINITE] = jnp.zeros((), jnp.int32)
+        return acc
+
+    def empty_eval_metrics(self) -> dict[str, Any]:
+        """An empty accumulator for ``evaluate``."""
+        return metrics_lib.empty_collection(("loss", *self.metric_names))
+
+
+def make_steps(
+    model: nn.Module,
+    loss: Loss,
+    tx: optax.GradientTransformation,
+    metric_names: Sequence[str] = (),
+    *,
+    augment: Augment | None = None,
+) -> Steps:
+    """Builds the jitted train, eval and predict functions.
+
+    Args:
+      model: a Linen module called as ``model.apply(variables, x, train=..., mask=...)``.
+      loss: a ``jaxnn.losses.Loss``; the train loss is its weighted mean over the batch.
+      tx: the optax optimizer.
+      metric_names: names from ``jaxnn.metrics`` accumulated in train and eval.
+      augment: optional ``(key, x_batch) -> x_batch`` applied to training batches only, with the
+        key ``fold_in(fold_in(rng, step), 1)`` so it is a function of (seed, step).
+    """
+    names = ("loss", *tuple(metric_names))
+    # The "grad_norm" entry reuses the mean-loss metric: a running mean of one value per step.
+    mean_metric = metrics_lib.get("loss")
+
+    def train_step(state: TrainState, acc, x_all, y_all, idx, weight):
+        x, y = x_all[idx], y_all[idx]
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        dropout_key = jax.random.fold_in(step_key, 0)
+        if augment is not None:
+            x = augment(jax.random.fold_in(step_key, 1), x)
+        has_bn = bool(state.batch_stats)
+
+        def loss_fn(params):
+            variables = {"params": params}
+            if has_bn:
+                variables["batch_stats"] = state.batch_stats
+            outputs, updates = model.apply(
+                variables,
+                x,
+                train=True,
+                mask=weight,
+                rngs={"dropout": dropout_key},
+                mutable=["batch_stats"] if has_bn else [],
+            )
+            per_example = loss.per_example(outputs, y)
+            return weighted_mean(per_example, weight), (outputs, per_example, updates)
+
+        (loss_value, (outputs, per_example, updates)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
+        param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, param_updates),
+            batch_stats=updates["batch_stats"] if has_bn else state.batch_stats,
+            opt_state=opt_state,
+        )
+        batch_metrics = metrics_lib.collection_from_model_output(
+            names, outputs=outputs, targets=y, weights=weight, loss=per_example
+        )
+        batch_metrics["grad_norm"] = mean_metric.from_model_output(
+            outputs=None,
+            targets=None,
+            weights=jnp.ones((1,), jnp.float32),
+            loss=optax.global_norm(grads)[None],
+        )
+        merged = metrics_lib.merge_collections(
+            {k: v for k, v in acc.items() if k != NONFINITE}, batch_metrics
+        )
+        # Counts the steps whose loss was NaN/Inf, so the host can stop a diverged run at the next
+        # fetch without a device-to-host sync per step.
+        merged[NONFINITE] = acc[NONFINITE] + (~jnp.isfinite(loss_value)).astype(jnp.int32)
+        return new_state, merged
+
+    def train(state, acc, x_all, y_all, idx, weight):
+        if idx.shape[0] == 1:  # a plain step: no while loop for XLA to schedule around
+            return train_step(state, acc, x_all, y_all, idx[0], weight[0])
+
+        def body(carry, batch):
+            return train_step(*carry, x_all, y_all, *batch), None
+
+        return jax.lax.scan(body, (state, acc), (idx, weight))[0]
+
+    def eval_batch(variables, acc, x_all, y_all, idx, weight):
+        x, y = x_all[idx], y_all[idx]
+        outputs = model.apply(variables, x, train=False)
+        per_example = loss.per_example(outputs, y)
+        batch_metrics = metrics_lib.collection_from_model_output(
+            names, outputs=outputs, targets=y, weights=weight, loss=per_example
+        )
+        return metrics_lib.merge_collections(acc, batch_metrics)
+
+    def evaluate(variables, acc, x_all, y_all, idx, weight):
+        def body(acc, batch):
+            return eval_batch(variables, acc, x_all, y_all, *batch), None
+
+        return jax.lax.scan(body, acc, (idx, weight))[0]
+
+    def predict(variables, x):
+        return loss.output_activation(model.apply(variables, x, train=False))
+
+    return Steps(
+        train=jax.jit(train, donate_argnums=(0, 1)),
+        evaluate=jax.jit(evaluate, donate_argnums=(1,)),
+        predict=jax.jit(predict),
+        metric_names=tuple(metric_names),
+    )
+
+
+def current_learning_rate(state: TrainState) -> Array:
+    """The effective learning rate stored in ``state.opt_state`` (see ``jaxnn.optim``)."""
+    return optim.current_learning_rate(state.opt_state)

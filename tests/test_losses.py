@@ -1,0 +1,235 @@
+"""Losses against numpy formulas, finite differences, weights, the registry and target checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn import losses
+
+B, C, D = 7, 5, 3
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _cases(rng: np.random.Generator, dtype=np.float32):
+    """(name, outputs, targets, numpy per-example formula) for every registered loss."""
+    reg_out = rng.normal(size=(B, D)).astype(dtype)
+    reg_tgt = rng.normal(size=(B, D)).astype(dtype)
+    logit = rng.normal(size=(B,)).astype(dtype) * 3
+    soft = rng.uniform(size=(B,)).astype(dtype)
+    logits = rng.normal(size=(B, C)).astype(dtype) * 2
+    probs = rng.dirichlet(np.ones(C), size=B).astype(dtype)
+    labels = rng.integers(0, C, size=B)
+
+    def bce(z, y):
+        return np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y
+
+    return [
+        ("mse", reg_out, reg_tgt, lambda o, t: ((o - t) ** 2).mean(-1)),
+        ("mae", reg_out, reg_tgt, lambda o, t: np.abs(o - t).mean(-1)),
+        ("binary_crossentropy", logit, soft, bce),
+        ("categorical_crossentropy", logits, probs, lambda z, p: -(p * _log_softmax(z)).sum(-1)),
+        (
+            "sparse_categorical_crossentropy",
+            logits,
+            labels,
+            lambda z, y: -_log_softmax(z)[np.arange(len(y)), y],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_values_match_numpy_formulas(index):
+    name, outputs, targets, formula = _cases(np.random.default_rng(0))[index]
+    loss = losses.get(name)
+    expected = formula(outputs.astype(np.float64), targets)
+    np.testing.assert_allclose(loss.per_example(outputs, targets), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss(outputs, targets), expected.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_long_names_are_the_same_functions():
+    assert losses.get("mean_squared_error") is losses.get("mse")
+    assert losses.get("mean_absolute_error") is losses.get("mae")
+    o, t = jnp.array([[1.0, 2.0], [0.0, -1.0]]), jnp.zeros((2, 2))
+    assert float(losses.mean_squared_error(o, t)) == pytest.approx((1 + 4 + 0 + 1) / 4)
+    assert float(losses.mean_absolute_error(o, t)) == pytest.approx((1 + 2 + 0 + 1) / 4)
+
+
+@pytest.fixture
+def x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_gradients_match_central_finite_differences(x64, index):
+    name, outputs, targets, _ = _cases(np.random.default_rng(1), np.float64)[index]
+    if name == "mae":  # keep away from the kink at 0
+        outputs = targets + np.sign(outputs - targets) * (0.5 + np.abs(outputs - targets))
+    loss = losses.get(name)
+    weights = np.random.default_rng(2).uniform(0.5, 1.5, size=B)
+    outputs = jnp.asarray(outputs, jnp.float64)
+    assert outputs.dtype == jnp.float64
+
+    def f(o):
+        return loss(o, jnp.asarray(targets), jnp.asarray(weights))
+
+    grad = np.asarray(jax.grad(f)(outputs))
+    eps = 1e-6
+    flat = np.asarray(outputs).reshape(-1)
+    numeric = np.empty_like(flat)
+    for i in range(flat.size):
+        step = np.zeros_like(flat)
+        step[i] = eps
+        plus = f(jnp.asarray((flat + step).reshape(outputs.shape)))
+        minus = f(jnp.asarray((flat - step).reshape(outputs.shape)))
+        numeric[i] = (float(plus) - float(minus)) / (2 * eps)
+    np.testing.assert_allclose(grad.reshape(-1), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_binary_crossentropy_is_finite_and_correct_at_extreme_logits():
+    logits = jnp.array([-100.0, 100.0, -100.0, 100.0])
+    targets = jnp.array([1.0, 0.0, 0.0, 1.0])
+    per_example = losses.binary_crossentropy_per_example(logits, targets)
+    np.testing.assert_allclose(per_example, [100.0, 100.0, 0.0, 0.0], atol=1e-6)
+    grad = jax.grad(losses.binary_crossentropy)(logits, targets)
+    assert np.all(np.isfinite(grad))
+    # d/dz = (sigmoid(z) - y) / B
+    np.testing.assert_allclose(grad, [-0.25, 0.25, 0.0, 0.0], atol=1e-7)
+    # (B, 1) logits give the same values.
+    np.testing.assert_allclose(
+        losses.binary_crossentropy(logits[:, None], targets), jnp.mean(per_example)
+    )
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_weighted_mean_equals_mean_over_weight_one_examples(index):
+    name, outputs, targets, _ = _cases(np.random.default_rng(3))[index]
+    loss = losses.get(name)
+    weights = np.array([1, 0, 1, 1, 0, 0, 1], np.float32)
+    keep = weights == 1
+    expected = loss(outputs[keep], targets[keep])
+    np.testing.assert_allclose(loss(outputs, targets, weights), expected, rtol=1e-6)
+    # A padded example with a huge loss changes nothing.
+    np.testing.assert_allclose(
+        losses.weighted_mean(jnp.array([1.0, 1e30, 3.0]), jnp.array([1.0, 0.0, 1.0])), 2.0
+    )
+
+
+def test_all_zero_weights_give_zero_and_finite_gradients():
+    logits, labels = jnp.ones((3, 4)), jnp.array([0, 1, 2])
+    loss = losses.get("sparse_categorical_crossentropy")
+    assert float(loss(logits, labels, jnp.zeros(3))) == 0.0
+    grad = jax.grad(loss)(logits, labels, jnp.zeros(3))
+    np.testing.assert_array_equal(grad, np.zeros((3, 4)))
+
+
+def test_regression_accepts_flat_targets_for_single_output():
+    outputs = jnp.array([[1.0], [2.0], [4.0]])
+    targets = jnp.array([0.0, 0.0, 1.0])
+    assert float(losses.mean_squared_error(outputs, targets)) == pytest.approx((1 + 4 + 9) / 3)
+    with pytest.raises(ValueError, match=r"`targets`.*expected shape \(3, 1\).*got \(3, 2\)"):
+        losses.mean_squared_error(outputs, jnp.zeros((3, 2)))
+
+
+def test_sparse_accepts_column_labels():
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=(4, 3)), jnp.float32)
+    labels = jnp.array([0, 2, 1, 1])
+    np.testing.assert_allclose(
+        losses.sparse_categorical_crossentropy(logits, labels[:, None]),
+        losses.categorical_crossentropy(logits, jax.nn.one_hot(labels, 3)),
+        rtol=1e-6,
+    )
+
+
+def test_registry_and_loss_fields():
+    sparse = losses.get("sparse_categorical_crossentropy")
+    assert (sparse.target_kind, sparse.task) == ("int_labels", "multiclass")
+    np.testing.assert_allclose(sparse.output_activation(jnp.zeros((1, 4))), [[0.25] * 4])
+    binary = losses.get("binary_crossentropy")
+    assert (binary.target_kind, binary.task) == ("binary", "binary")
+    assert float(binary.output_activation(jnp.array(0.0))) == 0.5
+    assert losses.get("categorical_crossentropy").target_kind == "one_hot"
+    mse = losses.get("mse")
+    assert (mse.target_kind, mse.task) == ("real", "regression")
+    assert float(mse.output_activation(jnp.array(3.0))) == 3.0
+    assert losses.get(mse) is mse
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mse.name = "other"
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'") as info:
+        losses.get("hinge")
+    for name in ("mse", "mae", "binary_crossentropy", "sparse_categorical_crossentropy"):
+        assert name in str(info.value)
+    with pytest.raises(TypeError, match="got int"):
+        losses.get(3)
+
+
+def test_user_callable_is_wrapped_as_regression():
+    def huber(outputs, targets):
+        x = outputs - targets
+        return jnp.sum(jnp.where(jnp.abs(x) < 1, 0.5 * x**2, jnp.abs(x) - 0.5), axis=-1)
+
+    loss = losses.get(huber)
+    assert (loss.name, loss.task, loss.target_kind) == ("huber", "regression", "real")
+    assert float(loss.output_activation(jnp.array(2.0))) == 2.0
+    value = loss(jnp.array([[0.5], [3.0]]), jnp.zeros((2, 1)), jnp.array([1.0, 0.0]))
+    assert float(value) == pytest.approx(0.125)
+
+
+# check_targets --------------------------------------------------------------------------------
+
+
+def _check(name, y, num_outputs):
+    losses.check_targets(losses.get(name), np.asarray(y), num_outputs)
+
+
+def test_check_targets_accepts_good_targets():
+    _check("sparse_categorical_crossentropy", [0, 1, 2], 3)
+    _check("sparse_categorical_crossentropy", [[0], [2]], 3)
+    _check("categorical_crossentropy", np.eye(3, dtype=np.float32), 3)
+    _check("binary_crossentropy", [0.0, 1.0, 0.3], 1)
+    _check("binary_crossentropy", [[0], [1]], 1)
+    _check("mse", np.zeros((4, 2)), 2)
+    _check("mae", np.zeros(4), 1)
+
+
+@pytest.mark.parametrize(
+    "name, y, num_outputs, pattern",
+    [
+        ("sparse_categorical_crossentropy", [0, 3, 1], 3, r"`y`.*\[0, 3\).*got 3 at index 1"),
+        ("sparse_categorical_crossentropy", [0, -1], 3, r"`y`.*got -1 at index 1"),
+        ("sparse_categorical_crossentropy", np.eye(3), 3, "use 'categorical_crossentropy'"),
+        ("sparse_categorical_crossentropy", [0.0, 1.0], 3, r"`y`.*integer labels.*float64"),
+        ("categorical_crossentropy", [0, 2, 1], 3, "use 'sparse_categorical_crossentropy'"),
+        ("categorical_crossentropy", np.eye(4)[:3], 3, r"`y`.*shape \(3, 3\).*got \(3, 4\)"),
+        ("categorical_crossentropy", 2 * np.eye(3), 3, r"`y`.*\[0, 1\]"),
+        ("binary_crossentropy", [0.0, 2.0], 1, r"`y`.*\[0, 1\].*got values in \[0.0, 2.0\]"),
+        ("binary_crossentropy", [0.0, 1.0], 2, "1 output.*num_outputs=2"),
+        ("binary_crossentropy", np.zeros((2, 2)), 1, r"`y`.*one target per example.*\(2, 2\)"),
+        ("mse", np.zeros((4, 3)), 2, r"`y`.*2 value\(s\) per example.*got shape \(4, 3\)"),
+        ("mse", [0.0, np.nan], 1, r"`y` must be finite.*index 1"),
+        ("binary_crossentropy", [np.inf, 1.0], 1, r"`y` must be finite.*index 0"),
+        ("mse", 1.0, 1, r"`y`.*leading example dimension"),
+    ],
+)
+def test_check_targets_errors(name, y, num_outputs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _check(name, y, num_outputs)
+
+
+def test_check_targets_names_the_argument():
+    with pytest.raises(ValueError, match=r"`val_y` for 'sparse_categorical_crossentropy'.*got 7"):
+        losses.check_targets(
+            losses.get("sparse_categorical_crossentropy"), np.array([7]), 3, argument="val_y"
+        )

@@ -1,0 +1,134 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn.models import CNN, MLP, get_activation, get_initializer, pool
+
+
+def count(tree):
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def test_mlp_784_128_128_10_parameter_count_and_logits():
+    model = MLP(features=(128, 128), num_outputs=10)
+    x = jnp.ones((3, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert count(variables["params"]) == 784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
+    assert "batch_stats" not in variables
+    assert model.apply(variables, x, train=False).shape == (3, 10)
+
+
+def test_classic_cnn_structure_and_parameter_count():
+    model = CNN(filters=(32, 64), dense=(128,), dropout_rate=0.4)
+    x = jnp.ones((2, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    params = variables["params"]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 1, 32)
+    assert params["Conv_1"]["kernel"].shape == (3, 3, 32, 64)
+    # Two 2x2 poolings: 28 -> 14 -> 7, so the first Dense sees 7*7*64 features.
+    assert params["Dense_0"]["kernel"].shape == (7 * 7 * 64, 128)
+    assert params["Dense_1"]["kernel"].shape == (128, 10)
+    expected = (9 * 32 + 32) + 2 * 32 + (9 * 32 * 64 + 64) + 2 * 64 + (3136 * 128 + 128) + 1290
+    assert count(params) == expected
+    assert count(variables["batch_stats"]) == 2 * 32 + 2 * 64
+    logits = model.apply(variables, x, train=False)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+
+
+def test_cnn_rejects_images_without_channel_axis():
+    with pytest.raises(ValueError, match=r"x: CNN expects images .* got shape \(2, 28, 28\)"):
+        CNN().init(jax.random.key(0), jnp.ones((2, 28, 28)), train=False)
+
+
+@pytest.mark.parametrize(
+    "name, formula",
+    [
+        ("relu", lambda x: np.maximum(x, 0)),
+        ("leaky_relu", lambda x: np.where(x > 0, x, 0.2 * x)),
+        ("elu", lambda x: np.where(x > 0, x, np.expm1(x))),
+        ("sigmoid", lambda x: 1 / (1 + np.exp(-x))),
+        ("tanh", np.tanh),
+        ("softplus", lambda x: np.log1p(np.exp(x))),
+        ("identity", lambda x: x),
+        # tanh approximation of GELU, Flax's default
+        ("gelu", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
+    ],
+)
+def test_activations_match_formulas(name, formula):
+    x = np.linspace(-3, 3, 13, dtype=np.float32)
+    np.testing.assert_allclose(
+        get_activation(name)(jnp.asarray(x)), formula(x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_unknown_activation_and_initializer_list_valid_names():
+    with pytest.raises(ValueError, match=r"activation: unknown name 'swishy'.*'relu'"):
+        get_activation("swishy")
+    with pytest.raises(ValueError, match=r"kernel_init: unknown name 'xavier'.*'glorot_uniform'"):
+        get_initializer("xavier")
+
+
+def test_default_kernel_init_is_glorot_uniform_like_keras():
+    params = MLP(features=(), num_outputs=400).init(
+        jax.random.key(1), jnp.ones((1, 600)), train=False
+    )["params"]
+    kernel = np.asarray(params["Dense_0"]["kernel"])
+    limit = np.sqrt(6 / (600 + 400))
+    assert np.abs(kernel).max() <= limit
+    assert np.abs(kernel).max() > 0.99 * limit
+    np.testing.assert_allclose(kernel.var(), limit**2 / 3, rtol=0.02)  # uniform(-a, a) variance
+    np.testing.assert_array_equal(params["Dense_0"]["bias"], 0)
+
+
+def test_he_normal_kernel_init_by_name():
+    params = MLP(features=(), num_outputs=500, kernel_init="he_normal").init(
+        jax.random.key(2), jnp.ones((1, 800)), train=False
+    )["params"]
+    # truncated normal with the variance corrected to 2 / fan_in
+    np.testing.assert_allclose(np.asarray(params["Dense_0"]["kernel"]).var(), 2 / 800, rtol=0.02)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_reshape_pooling_equals_flax_pooling_and_its_gradient(size):
+    x = jax.random.normal(jax.random.key(3), (2, size, size, 3))
+    np.testing.assert_allclose(pool(x, "max"), nn.max_pool(x, (2, 2), (2, 2), "VALID"))
+    np.testing.assert_allclose(pool(x, "avg"), nn.avg_pool(x, (2, 2), (2, 2), "VALID"), rtol=1e-6)
+    weights = jax.random.normal(jax.random.key(4), pool(x, "max").shape)
+    ours = jax.grad(lambda v: jnp.sum(pool(v, "max") * weights))(x)
+    theirs = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), (2, 2), "VALID") * weights))(x)
+    np.testing.assert_allclose(ours, theirs)
+    assert pool(x, None) is x
+
+
+def test_dropout_is_random_in_training_and_off_in_evaluation():
+    model = MLP(features=(64,), dropout_rate=0.5)
+    x = jnp.ones((4, 10))
+    variables = model.init(jax.random.key(0), x, train=False)
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(
+        model.apply(variables, x, train=False), model.apply(variables, x, train=False)
+    )
+
+
+def test_batchnorm_mask_keeps_padding_out_of_the_statistics():
+    model = MLP(features=(5,), batch_norm=True)
+    x = jax.random.normal(jax.random.key(0), (6, 3))
+    variables = model.init(jax.random.key(1), x, train=False)
+    mask = jnp.array([1, 1, 1, 1, 0, 0], jnp.float32)
+    padded = x.at[4:].set(100.0)  # garbage in the padded rows
+    _, masked = model.apply(variables, padded, train=True, mask=mask, mutable=["batch_stats"])
+    _, short = model.apply(variables, x[:4], train=True, mutable=["batch_stats"])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), masked, short
+    )
+    # Keras' momentum 0.99: the running mean moves 1 % of the way to the batch mean.
+    dense = (
+        x[:4] @ variables["params"]["Dense_0"]["kernel"] + variables["params"]["Dense_0"]["bias"]
+    )
+    np.testing.assert_allclose(
+        short["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * dense.mean(0), rtol=1e-5, atol=1e-7
+    )

@@ -1,0 +1,226 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnn
+from jaxnn import CNN, MLP, Trainer
+
+
+def blobs(n=120, features=4, classes=3, seed=0):
+    """Linearly separable clusters: class c sits at 4·e_c."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(0, 0.3, (n, features)).astype(np.float32)
+    x[np.arange(n), y] += 4.0
+    return x, y
+
+
+def tree_equal(a, b):
+    return all(
+        np.array_equal(np.asarray(u), np.asarray(v))
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
+
+
+def test_fit_reaches_full_training_accuracy_on_separable_data():
+    x, y = blobs()
+    trainer = Trainer(MLP(features=(16,), num_outputs=3), optimizer=optax.adam(0.05), seed=0)
+    history = trainer.fit(x, y, epochs=15, batch_size=16, verbose=0)
+    assert trainer.evaluate(x, y)["accuracy"] == 1.0
+    assert history["loss"][-1] < history["loss"][0]
+    assert len(history["loss"]) == 15
+    probabilities = trainer.predict(x)
+    assert probabilities.shape == (120, 3)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+    assert (probabilities.argmax(1) == y).all()
+
+
+def fit_once(seed, **kwargs):
+    x, y = blobs(n=50)
+    trainer = Trainer(
+        MLP(features=(8,), num_outputs=3, dropout_rate=0.3, batch_norm=True),
+        optimizer="adam",
+        seed=seed,
+    )
+    history = trainer.fit(x, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0, **kwargs)
+    history.pop("epoch_time_s")
+    return trainer, history
+
+
+def test_same_seed_is_bitwise_identical_and_other_seeds_differ():
+    a, history_a = fit_once(0)
+    b, history_b = fit_once(0)
+    c, history_c = fit_once(1)
+    assert tree_equal(a.state, b.state)
+    assert history_a == history_b
+    assert not tree_equal(a.state.params, c.state.params)
+    assert history_a != history_c
+
+
+def test_steps_per_dispatch_does_not_change_the_result():
+    x, y = blobs(n=50)
+    results = []
+    for k in (1, 4):  # 7 steps per epoch: one dispatch of 4 plus three single steps
+        trainer = Trainer(MLP(features=(8,), num_outputs=3), seed=0, steps_per_dispatch=k)
+        trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        results.append(trainer.state.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results
+    )
+
+
+def manual_sgd(x, y, batches, learning_rate, model, params):
+    """Plain SGD written out: mean cross-entropy of each batch, then w -= lr * grad."""
+
+    def loss_fn(p, xb, yb):
+        logits = model.apply({"params": p}, xb, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    for batch in batches:
+        grads = jax.grad(loss_fn)(params, x[batch], y[batch])
+        params = jax.tree_util.tree_map(lambda w, g: w - learning_rate * g, params, grads)
+    return params
+
+
+@pytest.mark.parametrize("batch_size", [10, 4, 1])
+def test_one_epoch_without_shuffle_equals_handwritten_sgd(batch_size):
+    """Batch GD (batch = dataset), mini-batches with a short masked last batch (4, 4, 2), SGD."""
+    x, y = blobs(n=10)
+    model = MLP(features=(5,), num_outputs=3)
+    trainer = Trainer(model, optimizer={"name": "sgd", "learning_rate": 0.1}, seed=3)
+    initial = jaxnn.create_train_state(model, optax.sgd(0.1), jnp.zeros((1, 4)), seed=3).params
+    trainer.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False, verbose=0)
+    batches = [np.arange(i, min(i + batch_size, 10)) for i in range(0, 10, batch_size)]
+    expected = manual_sgd(x, y, batches, 0.1, model, initial)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+        trainer.state.params,
+        expected,
+    )
+    assert int(trainer.state.step) == len(batches)
+
+
+def test_evaluate_is_exact_when_size_is_not_a_multiple_of_the_batch():
+    x, y = blobs(n=103, seed=5)
+    trainer = Trainer(MLP(features=(4,), num_outputs=3), metrics=["accuracy"], seed=0)
+    trainer.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    probabilities = trainer.predict(x, batch_size=10)
+    expected_accuracy = np.mean(probabilities.argmax(1) == y)
+    expected_loss = np.mean(-np.log(probabilities[np.arange(103), y]))
+    result = trainer.evaluate(x, y, batch_size=10)
+    assert result["accuracy"] == pytest.approx(expected_accuracy, abs=1e-7)
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_training_metrics_count_every_example_once():
+    """With lr=0 the params never move, so the epoch's train accuracy equals evaluate()'s."""
+    x, y = blobs(n=37, seed=2)
+    trainer = Trainer(
+        MLP(features=(4,), num_outputs=3), optimizer=optax.sgd(0.0), metrics=["accuracy"]
+    )
+    history = trainer.fit(x, y, epochs=1, batch_size=5, verbose=0)
+    result = trainer.evaluate(x, y)
+    assert history["accuracy"][0] == pytest.approx(result["accuracy"], abs=1e-7)
+    assert history["loss"][0] == pytest.approx(result["loss"], rel=1e-5)
+
+
+def test_binary_classification_and_regression():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 20)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.float32)
+    binary = Trainer(
+        MLP(features=(16,), num_outputs=1),
+        loss="binary_crossentropy",
+        metrics=["binary_accuracy"],
+        optimizer=optax.adam(0.01),
+    )
+    binary.fit(x, y, epochs=20, batch_size=32, verbose=0)
+    assert binary.evaluate(x, y)["binary_accuracy"] > 0.95
+    p = binary.predict(x)
+    assert p.shape == (200, 1) and (p >= 0).all() and (p <= 1).all()
+
+    w = rng.normal(size=(10,)).astype(np.float32)
+    xr = rng.normal(size=(300, 10)).astype(np.float32)
+    yr = xr @ w
+    regression = Trainer(
+        MLP(features=(), num_outputs=1), loss="mse", metrics=["mae"], optimizer=optax.adam(0.05)
+    )
+    history = regression.fit(xr, yr, epochs=40, batch_size=32, verbose=0)
+    assert history["loss"][-1] < 1e-3 * history["loss"][0]
+    np.testing.assert_allclose(regression.predict(xr)[:, 0], yr, atol=0.05)
+
+
+def test_cnn_with_batchnorm_trains_and_reports_learning_rate_and_grad_norm():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 64)
+    x = rng.normal(0, 0.1, (64, 8, 8, 1)).astype(np.float32)
+    x[y == 1, :4] += 1.0  # class 1: a bright top half
+    trainer = Trainer(
+        CNN(filters=(4,), dense=(8,), num_outputs=2),
+        optimizer={"name": "adam", "learning_rate": 0.01, "schedule": {"name": "cosine"}},
+    )
+    history = trainer.fit(x, y, epochs=4, batch_size=16, validation_data=(x, y), verbose=0)
+    assert history["val_accuracy"][-1] == 1.0
+    assert history["learning_rate"][0] < 0.01  # a cosine over 4 epochs has decayed already
+    assert history["learning_rate"] == sorted(history["learning_rate"], reverse=True)
+    assert all(g > 0 for g in history["grad_norm"])
+
+
+def test_divergence_stops_with_an_error_naming_the_epoch():
+    x = np.ones((8, 2), np.float32) * 1e3
+    y = np.ones((8,), np.float32) * 1e3
+    trainer = Trainer(
+        MLP(features=(4,), num_outputs=1), loss="mse", metrics=[], optimizer=optax.sgd(1e6)
+    )
+    with pytest.raises(jaxnn.TrainingDivergedError, match="epoch 1"):
+        trainer.fit(x, y, epochs=3, batch_size=4, verbose=0)
+
+
+# ---------------------------------------------------------------------------- bad input
+X, Y = blobs(n=20)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"x": X, "y": Y[:19]},
+            r"x and y: expected the same number of examples; got 20 in x and 19",
+        ),
+        ({"batch_size": 0}, r"batch_size: expected an integer >= 1; got 0"),
+        ({"validation_split": 1.0}, r"validation_split: expected a float in \[0, 1\); got 1.0"),
+        ({"validation_split": -0.1}, r"validation_split: expected a float in \[0, 1\)"),
+        ({"y": np.where(Y == 2, 3, Y)}, r"y.*\[0, 3\).*3"),
+        ({"x": np.where(X > 3.5, np.nan, X)}, r"x: expected finite values; got NaN or Inf"),
+        ({"y": np.eye(3)[Y]}, r"y.*categorical_crossentropy"),
+        ({"epochs": -1}, r"epochs: expected an integer >= 0"),
+    ],
+)
+def test_bad_fit_arguments_raise_clear_errors(kwargs, message):
+    args = {"x": X, "y": Y, "epochs": 1, "batch_size": 4, "verbose": 0, **kwargs}
+    trainer = Trainer(MLP(num_outputs=3))
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(**args)
+    assert trainer.state is None  # raised before anything was built or compiled
+
+
+def test_input_shape_mismatch_is_named():
+    trainer = Trainer(MLP(features=(4,), num_outputs=3))
+    trainer.fit(X, Y, epochs=1, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match=r"x: expected examples of shape \(4,\).*got \(3,\)"):
+        trainer.evaluate(X[:, :3], Y)
+    with pytest.raises(ValueError, match=r"x: examples of shape \(28, 28\) do not fit the model"):
+        Trainer(CNN()).fit(np.zeros((4, 28, 28), np.float32), np.zeros(4, int), verbose=0)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="sparse_categorical_crossentropy"):
+        Trainer(MLP(), loss="crossentropy")
+    with pytest.raises(ValueError, match="accuracy"):
+        Trainer(MLP(), metrics=["acuracy"])
+    with pytest.raises(ValueError, match="adam"):
+        Trainer(MLP(), optimizer="adamm")
+    with pytest.raises(ValueError, match=r"activation: unknown name 'rel'"):
+        Trainer(MLP(activation="rel")).fit(X, Y, verbose=0)
