@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxnn import metrics as metrics_lib
 from jaxnn import optim
+from jaxnn.step import split_train_metrics
 
 if TYPE_CHECKING:
     from jaxnn.trainer import Trainer
@@ -125,7 +126,7 @@ class ProgressLogger(Callback):
         if now - self._last < self.refresh_s and steps_done < self.steps_per_epoch:
             return
         self._last = now
-        shown = {k: metrics[k] for k in metrics if k not in ("grad_norm", "nonfinite_steps")}
+        shown = {k: v for k, v in split_train_metrics(metrics)[0].items() if k != "grad_norm"}
         values = metrics_lib.compute_collection(shown)
         values["lr"] = float(optim.current_learning_rate(trainer.state.opt_state))
         self._bar.n = steps_done

@@ -460,7 +460,8 @@ def check_targets(
             raise ValueError(
                 f"{arg} for {name!r} must be integer labels of shape ({n},); got shape {y.shape}."
             )
-        if y.dtype.kind not in "iu":
+        # Like Keras, float labels are fine when they hold whole class indices (0.0, 1.0, ...).
+        if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
             raise ValueError(
                 f"{arg} for {name!r} must hold integer labels; got dtype {y.dtype}. "
                 f"Cast with y.astype(np.int32) if the values are whole class indices."

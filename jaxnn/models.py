@@ -118,7 +118,7 @@ def _bn_mask(mask: Array | None, x: Array) -> Array | None:
 
 
 class MLP(nn.Module):
-    """A multilayer perceptron on flattened inputs: (Dense → [BN] → activation → [Dropout])* → Dense.
+    """A multilayer perceptron on flattened inputs: (Dense → [BN] → act → [Dropout])* → Dense.
 
     Attributes:
       features: widths of the hidden layers.

@@ -29,11 +29,12 @@ from jaxnn import optim
 from jaxnn.losses import Loss, weighted_mean
 from jaxnn.state import TrainState
 
-__all__ = ["NONFINITE", "Steps", "make_steps"]
+__all__ = ["FIRST_NONFINITE", "NONFINITE", "Steps", "make_steps", "split_train_metrics"]
 
 Array = jax.Array
 Augment = Callable[[Array, Array], Array]
 NONFINITE = "nonfinite_steps"
+FIRST_NONFINITE = "first_nonfinite_step"  # 1-based global step number, -1 while all are finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Steps:
         acc = metrics_lib.empty_collection(("loss", *self.metric_names))
         acc["grad_norm"] = metrics_lib.get("loss").empty()
         acc[NONFINITE] = jnp.zeros((), jnp.int32)
+        acc[FIRST_NONFINITE] = jnp.full((), -1, jnp.int32)
         return acc
 
     def empty_eval_metrics(self) -> dict[str, Any]:
@@ -130,14 +132,17 @@ def make_steps(
             outputs=None,
             targets=None,
             weights=jnp.ones((1,), jnp.float32),
-            loss=optax.global_norm(grads)[None],
+            loss=optax.tree.norm(grads)[None],
         )
         merged = metrics_lib.merge_collections(
-            {k: v for k, v in acc.items() if k != NONFINITE}, batch_metrics
+            {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}, batch_metrics
         )
         # Counts the steps whose loss was NaN/Inf, so the host can stop a diverged run at the next
         # fetch without a device-to-host sync per step.
-        merged[NONFINITE] = acc[NONFINITE] + (~jnp.isfinite(loss_value)).astype(jnp.int32)
+        bad = ~jnp.isfinite(loss_value)
+        merged[NONFINITE] = acc[NONFINITE] + bad.astype(jnp.int32)
+        first = acc[FIRST_NONFINITE]
+        merged[FIRST_NONFINITE] = jnp.where((first < 0) & bad, state.step + 1, first)
         return new_state, merged
 
     def train(state, acc, x_all, y_all, idx, weight):
@@ -173,6 +178,12 @@ def make_steps(
         predict=jax.jit(predict),
         metric_names=tuple(metric_names),
     )
+
+
+def split_train_metrics(acc: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """Splits a train accumulator into (metrics, NaN/Inf step count, first such step or -1)."""
+    metrics = {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}
+    return metrics, int(acc[NONFINITE]), int(acc[FIRST_NONFINITE])
 
 
 def current_learning_rate(state: TrainState) -> Array:

@@ -33,9 +33,9 @@ from jaxnn import metrics as metrics_lib
 from jaxnn import optim
 from jaxnn.callbacks import Callback, ProgressLogger
 from jaxnn.state import TrainState, create_train_state, rng_streams
-from jaxnn.step import NONFINITE, Steps, make_steps
+from jaxnn.step import Steps, make_steps, split_train_metrics
 
-__all__ = ["Trainer", "TrainingDivergedError"]
+__all__ = ["Trainer", "TrainingDivergedError", "check_finite"]
 
 OptimizerSpec = optax.GradientTransformation | str | Mapping[str, Any]
 
@@ -45,6 +45,20 @@ _EVAL_BATCH = 1024
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or Inf."""
+
+
+def check_finite(acc: dict[str, Any], epoch: int) -> None:
+    """Raises ``TrainingDivergedError`` naming the epoch and step of the first NaN/Inf loss.
+
+    Called before anything is logged or checkpointed, so no broken state is ever saved.
+    """
+    _, count, first = split_train_metrics(acc)
+    if count:
+        raise TrainingDivergedError(
+            f"Training diverged in epoch {epoch + 1} at global step {first}: the loss was NaN or "
+            f"Inf in {count} step(s). Lower the learning rate, add gradient clipping "
+            "(optimizer clip_norm) or check the inputs."
+        )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -127,7 +141,7 @@ class Trainer:
         self.metric_names = tuple(metrics)
         if not isinstance(optimizer, optax.GradientTransformation):
             optimizer = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-            optim.build(optimizer, steps_per_epoch=1)  # validate names and keys now
+            optim.build(optimizer, steps_per_epoch=1, epochs=1)  # validate names and keys now
         self.optimizer = optimizer
         self.seed = _check_int("seed", seed, 0)
         self.augment = augment
@@ -144,7 +158,7 @@ class Trainer:
         self.stop_training = False
         self._steps: Steps | None = None
         self._tx: optax.GradientTransformation | None = None
-        self._built_for: int | None = None
+        self._built_for: tuple[int, int | None] | None = None
         self._input_shape: tuple[int, ...] | None = None
         self._num_outputs: int | None = None
 
@@ -159,7 +173,7 @@ class Trainer:
                     f"built with); got {tuple(x.shape[1:])}"
                 )
             return
-        sample = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+        sample = jax.ShapeDtypeStruct(x.shape, jnp.float32)
         key = jax.random.key(0)
         try:
             out = jax.eval_shape(lambda s: self.model.init_with_output(key, s, train=False), sample)
@@ -174,7 +188,7 @@ class Trainer:
                 f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
             ) from None
         logits = out[0]
-        if logits.ndim != 2 or logits.shape[0] != 1:
+        if logits.ndim != 2 or logits.shape[0] != len(x):
             raise ValueError(
                 f"model: expected outputs of shape (batch, num_outputs); got {logits.shape}"
             )
@@ -204,28 +218,28 @@ class Trainer:
         return jnp.asarray(array) if array.nbytes <= self.device_data_limit_bytes else array
 
     # ----------------------------------------------------------------------------- state
-    def initialize(self, x: Any, *, steps_per_epoch: int) -> TrainState:
+    def initialize(self, x: Any, *, steps_per_epoch: int, epochs: int | None = None) -> TrainState:
         """Builds the optimizer, the train state and the compiled steps without training.
 
         ``fit`` does this itself; call it directly to restore a checkpoint into ``self.state``
-        before ``fit``. ``x`` only needs the right example shape (``x[:1]`` will do). The steps
-        are rebuilt (and so recompiled) only when ``steps_per_epoch`` changes, since schedules
-        given in epochs depend on it.
+        before ``fit``. ``x`` only needs the right example shape (``x[:1]`` will do);
+        ``epochs`` is the run's total length (cosine schedules default to it). The steps are
+        rebuilt (and so recompiled) only when these change, since schedules depend on them.
         """
         x = _as_array("x", x)
         self._check_input("x", x)
-        if self._steps is not None and self._built_for == steps_per_epoch:
+        if self._steps is not None and self._built_for == (steps_per_epoch, epochs):
             return self.state
         if isinstance(self.optimizer, optax.GradientTransformation):
             tx = self.optimizer
         else:
-            tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch)
+            tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
         self._tx = tx
         if self.state is None:
             sample = jnp.zeros((1, *self._input_shape), jnp.float32)
             self.state = create_train_state(self.model, tx, sample, seed=self.seed)
         self._steps = make_steps(self.model, self.loss, tx, self.metric_names, augment=self.augment)
-        self._built_for = steps_per_epoch
+        self._built_for = (steps_per_epoch, epochs)
         return self.state
 
     def _dispatch_size(self, num_steps: int) -> int:
@@ -308,7 +322,7 @@ class Trainer:
                 "drop_remainder=True would leave no batch"
             )
         steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-        self.initialize(x[:1], steps_per_epoch=steps_per_epoch)
+        self.initialize(x[:1], steps_per_epoch=steps_per_epoch, epochs=self.epoch + epochs)
         x_dev, y_dev = self._place(x), self._place(y)
         val_dev = (self._place(x_val), self._place(y_val)) if x_val is not None else None
         per_dispatch = self._dispatch_size(steps_per_epoch)
@@ -399,14 +413,8 @@ class Trainer:
 
     def _finish_metrics(self, acc: dict[str, Any]) -> dict[str, float]:
         """Fetches the accumulated metrics once and stops a diverged run."""
-        nonfinite = int(acc[NONFINITE])
-        if nonfinite:
-            raise TrainingDivergedError(
-                f"Training diverged in epoch {self.epoch + 1}: the loss was NaN or Inf in "
-                f"{nonfinite} step(s), the last at global step {int(self.state.step)} or before. "
-                "Lower the learning rate, add gradient clipping (clip_norm) or check the inputs."
-            )
-        return metrics_lib.compute_collection({k: v for k, v in acc.items() if k != NONFINITE})
+        check_finite(acc, self.epoch)
+        return metrics_lib.compute_collection(split_train_metrics(acc)[0])
 
     # ----------------------------------------------------------------------------- eval
     def _evaluate_arrays(self, x, y, *, batch_size: int) -> dict[str, float]:

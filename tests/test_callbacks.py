@@ -50,9 +50,10 @@ def test_plateau_respects_min_lr_and_cooldown():
     for epoch in range(8):
         callback.on_epoch_end(trainer, epoch, {"val_loss": 1.0})
         rates.append(learning_rate(trainer))
-    # epoch 0 sets the best; epoch 1 stalls -> 1e-3; cooldown skips epochs 2-3; epoch 4 -> 2e-4
-    # (clipped at min_lr); then nothing goes below min_lr.
-    np.testing.assert_allclose(rates, [1e-2, 1e-3, 1e-3, 1e-3, 2e-4, 2e-4, 2e-4, 2e-4], rtol=1e-5)
+    # Keras' order: epoch 0 sets the best; epoch 1 stalls -> 1e-3 and a cooldown of 2 starts;
+    # epoch 2 is in cooldown (counter 2 -> 1, not counted); at epoch 3 the counter reaches 0 so
+    # the epoch counts again -> 2e-4 (1e-4 clipped at min_lr); nothing goes below min_lr.
+    np.testing.assert_allclose(rates, [1e-2, 1e-3, 1e-3, 2e-4, 2e-4, 2e-4, 2e-4, 2e-4], rtol=1e-5)
 
 
 def test_plateau_changes_the_rate_without_recompiling_and_shows_in_the_history():

@@ -210,7 +210,7 @@ def test_check_targets_accepts_good_targets():
         ("sparse_categorical_crossentropy", [0, 3, 1], 3, r"`y`.*\[0, 3\).*got 3 at index 1"),
         ("sparse_categorical_crossentropy", [0, -1], 3, r"`y`.*got -1 at index 1"),
         ("sparse_categorical_crossentropy", np.eye(3), 3, "use 'categorical_crossentropy'"),
-        ("sparse_categorical_crossentropy", [0.0, 1.0], 3, r"`y`.*integer labels.*float64"),
+        ("sparse_categorical_crossentropy", [0.0, 1.5], 3, r"`y`.*integer labels.*float64"),
         ("categorical_crossentropy", [0, 2, 1], 3, "use 'sparse_categorical_crossentropy'"),
         ("categorical_crossentropy", np.eye(4)[:3], 3, r"`y`.*shape \(3, 3\).*got \(3, 4\)"),
         ("categorical_crossentropy", 2 * np.eye(3), 3, r"`y`.*\[0, 1\]"),

@@ -126,8 +126,9 @@ def test_batchnorm_mask_keeps_padding_out_of_the_statistics():
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), masked, short
     )
     # Keras' momentum 0.99: the running mean moves 1 % of the way to the batch mean.
-    dense = (
-        x[:4] @ variables["params"]["Dense_0"]["kernel"] + variables["params"]["Dense_0"]["bias"]
+    dense_params = variables["params"]["Dense_0"]
+    dense = np.asarray(x[:4]) @ np.asarray(dense_params["kernel"]) + np.asarray(
+        dense_params["bias"]
     )
     np.testing.assert_allclose(
         short["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * dense.mean(0), rtol=1e-5, atol=1e-7

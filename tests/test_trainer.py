@@ -46,6 +46,7 @@ def fit_once(seed, **kwargs):
     )
     history = trainer.fit(x, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0, **kwargs)
     history.pop("epoch_time_s")
+    history.pop("train_time_s")
     return trainer, history
 
 
@@ -174,7 +175,7 @@ def test_divergence_stops_with_an_error_naming_the_epoch():
     trainer = Trainer(
         MLP(features=(4,), num_outputs=1), loss="mse", metrics=[], optimizer=optax.sgd(1e6)
     )
-    with pytest.raises(jaxnn.TrainingDivergedError, match="epoch 1"):
+    with pytest.raises(jaxnn.TrainingDivergedError, match=r"epoch \d+ at global step \d+"):
         trainer.fit(x, y, epochs=3, batch_size=4, verbose=0)
 
 
@@ -211,7 +212,7 @@ def test_input_shape_mismatch_is_named():
     trainer.fit(X, Y, epochs=1, batch_size=4, verbose=0)
     with pytest.raises(ValueError, match=r"x: expected examples of shape \(4,\).*got \(3,\)"):
         trainer.evaluate(X[:, :3], Y)
-    with pytest.raises(ValueError, match=r"x: examples of shape \(28, 28\) do not fit the model"):
+    with pytest.raises(ValueError, match=r"x: CNN expects images .* got shape \(4, 28, 28\)"):
         Trainer(CNN()).fit(np.zeros((4, 28, 28), np.float32), np.zeros(4, int), verbose=0)
 
 

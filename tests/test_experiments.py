@@ -1,0 +1,174 @@
+"""Every experiment end to end for a tiny epoch on generated files in the original formats."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+from tiny_data import write_cifar10_python, write_idx
+
+from jaxnn import run as run_lib
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = [
+    "mnist_mlp",
+    "mnist_cnn",
+    "fashion_mnist_mlp",
+    "fashion_mnist_cnn",
+    "cifar10_cnn",
+    "cifar10_cnn_augmented",
+    "regression",
+    "binary",
+]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    write_idx(root / "idx", n_train=80, n_test=24)
+    write_cifar10_python(root / "cifar", per_batch=12, n_test=16)
+    return root
+
+
+def tiny(config, sources: Path, tmp: Path):
+    config.epochs = 2
+    config.batch_size = 16
+    config.verbose = 0
+    config.dataset.data_dir = str(tmp / "tfds")
+    name = config.dataset.name
+    if name in ("mnist", "fashion_mnist"):
+        config.dataset.source_dir = str(sources / "idx")
+    elif name == "cifar10":
+        config.dataset.source_dir = str(sources / "cifar")
+    else:
+        config.dataset.num_examples = 200
+    if config.model.name == "cnn":
+        config.model.filters = (4, 8)
+        config.model.dense = (16,)
+    else:
+        config.model.features = (16,)
+    return config
+
+
+def read_events(folder: Path) -> dict[str, list[float]]:
+    """Reads TensorBoard event files (TFRecord framing + Event protos) into tag -> values."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[float]] = {}
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert files, f"no event file in {folder}"
+    for path in files:
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            payload = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(value.simple_value)
+    return scalars
+
+
+def check_outputs(workdir: Path, classifier: bool, epochs: int = 2) -> dict:
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["epochs"] == epochs
+    with open(workdir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    for column in ("loss", "val_loss", "learning_rate", "grad_norm", "epoch_time_s"):
+        assert all(np.isfinite(float(r[column])) for r in rows), column
+    events = read_events(workdir / "tensorboard")
+    assert len(events["loss/train"]) == epochs and len(events["loss/validation"]) == epochs
+    np.testing.assert_allclose(events["loss/train"], [float(r["loss"]) for r in rows], rtol=1e-6)
+    pngs = ["learning_curves.png"] + (["confusion_matrix.png"] if classifier else [])
+    for png in pngs:
+        picture = mpimg.imread(workdir / png)
+        assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
+    summary = json.loads((workdir / "summary.json").read_text())
+    keys = ["best_val_metric", "best_epoch", "epochs_run", "wall_time_s",
+            "train_examples_per_s", "params_checksum", "versions", "device_kind",
+            "device_count"]
+    keys += ["test_accuracy"] if classifier else ["test_mae", "test_mse"]
+    missing = [k for k in keys if k not in summary]
+    assert not missing, missing
+    assert summary["epochs_run"] == epochs and len(summary["params_checksum"]) == 64
+    return summary
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_end_to_end(name, sources, tmp_path):
+    module = importlib.import_module(f"experiments.{name}")
+    config = tiny(module.get_config(), sources, tmp_path)
+    summary = run_lib.run(config, tmp_path / "run")
+    classifier = name != "regression"
+    check_outputs(tmp_path / "run", classifier)
+    metric = "test_binary_accuracy" if name == "binary" else "test_accuracy"
+    if classifier:
+        assert 0.0 <= summary[metric] <= 1.0
+    else:
+        assert summary["test_mae"] >= 0 and summary["test_mse"] >= 0
+
+
+def test_optimizers_experiment_draws_every_curve(sources, tmp_path):
+    from experiments import optimizers
+
+    config = tiny(optimizers.get_config(), sources, tmp_path)
+    config.epochs = 1
+    config.optimizers = "sgd,adam"
+    summary = optimizers.compare(config, tmp_path / "run")
+    assert set(summary) == {"sgd", "adam"}
+    assert mpimg.imread(tmp_path / "run" / "optimizers.png").shape[0] > 100
+    for name in ("sgd", "adam"):
+        check_outputs(tmp_path / "run" / name, classifier=True, epochs=1)
+
+
+def cli(args, tmp_path, sources, **kwargs):
+    env = {**os.environ, "JAXNN_DATA_DIR": str(sources / "idx"), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.fashion_mnist_mlp", f"--workdir={tmp_path / 'run'}",
+         f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.epochs=1",
+         "--config.model.features=(8,)", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kwargs,
+    )
+
+
+def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
+    first = cli([], tmp_path, sources)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Epoch 1/1" in first.stdout + first.stderr
+    assert "\r" not in first.stderr  # not a terminal: line-based output only
+    assert "FLOPs per example" in first.stdout and "Devices:" in first.stdout
+    summary = check_outputs(tmp_path / "run", classifier=True, epochs=1)
+    again = cli([], tmp_path, sources)
+    assert again.returncode == 0 and "finished run" in again.stdout
+    assert summary["params_checksum"] in again.stdout
+    fresh = cli(["--config.fresh=True"], tmp_path, sources)
+    assert fresh.returncode == 0 and "finished run" not in fresh.stdout
+    # Same seed, same data: a fresh rerun reproduces the parameters bitwise.
+    rerun = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert rerun["params_checksum"] == summary["params_checksum"]
+
+
+def test_unknown_config_key_lists_close_matches(sources, tmp_path):
+    result = cli(["--config.optimizer.learning_rat=0.1"], tmp_path, sources)
+    assert result.returncode != 0
+    assert "optimizer.learning_rate" in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = run_lib.base_config()
+    with pytest.raises(PermissionError, match="workdir.*not writable"):
+        run_lib.run(config, blocker / "run")
