@@ -353,7 +353,10 @@ def get_learning_rate_scale(opt_state: Any) -> jax.Array:
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:
-    """The effective learning rate (schedule value × scale) stored in an optimizer state.
+    """The effective learning rate (schedule value × scale) of the most recent update.
+
+    Before the first update it is the first update's rate. Logged at an epoch's end, it is the
+    rate of the epoch's last step.
 
     Works inside ``jit`` and through chain / MultiSteps / multi_transform states. Returns NaN for
     a user's own optax transformation that stores no injected ``learning_rate``.
