@@ -55,8 +55,18 @@ def write_cifar10_python(folder: Path, per_batch: int = 20, n_test: int = 20) ->
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
 
-        names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck"]
+        names = [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
         add("batches.meta", {b"label_names": [n.encode() for n in names]})
         batches = [(f"data_batch_{i}", per_batch, i) for i in range(1, 6)]
         for name, n, seed in [*batches, ("test_batch", n_test, 99)]:
