@@ -387,6 +387,8 @@ def _finish(config, workdir, trainer, dataset, history, monitor, start) -> dict[
     test = trainer.evaluate(dataset.x_test, dataset.y_test)
     summary: dict[str, Any] = {"name": config.name, "epochs_run": len(history.get("loss", []))}
     summary.update({f"test_{k}": v for k, v in test.items()})
+    if "test_binary_accuracy" in summary:  # every classifier reports test_accuracy
+        summary.setdefault("test_accuracy", summary["test_binary_accuracy"])
     if monitor in history:
         values = np.asarray(history[monitor])
         best = int(np.argmax(values) if config.monitor_mode == "max" else np.argmin(values))

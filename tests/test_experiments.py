@@ -95,9 +95,17 @@ def check_outputs(workdir: Path, classifier: bool, epochs: int = 2) -> dict:
         picture = mpimg.imread(workdir / png)
         assert picture.ndim == 3 and picture.shape[0] > 100 and picture.shape[1] > 100
     summary = json.loads((workdir / "summary.json").read_text())
-    keys = ["best_val_metric", "best_epoch", "epochs_run", "wall_time_s",
-            "train_examples_per_s", "params_checksum", "versions", "device_kind",
-            "device_count"]
+    keys = [
+        "best_val_metric",
+        "best_epoch",
+        "epochs_run",
+        "wall_time_s",
+        "train_examples_per_s",
+        "params_checksum",
+        "versions",
+        "device_kind",
+        "device_count",
+    ]
     keys += ["test_accuracy"] if classifier else ["test_mae", "test_mse"]
     missing = [k for k in keys if k not in summary]
     assert not missing, missing
@@ -135,10 +143,22 @@ def test_optimizers_experiment_draws_every_curve(sources, tmp_path):
 def cli(args, tmp_path, sources, **kwargs):
     env = {**os.environ, "JAXNN_DATA_DIR": str(sources / "idx"), "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.fashion_mnist_mlp", f"--workdir={tmp_path / 'run'}",
-         f"--config.dataset.data_dir={tmp_path / 'tfds'}", "--config.epochs=1",
-         "--config.model.features=(8,)", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kwargs,
+        [
+            sys.executable,
+            "-m",
+            "experiments.fashion_mnist_mlp",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+            "--config.epochs=1",
+            "--config.model.features=(8,)",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
     )
 
 
