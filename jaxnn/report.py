@@ -100,11 +100,10 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
     XLA's cost analysis of the compiled forward pass at batch size 1.
     """
     x = jnp.zeros((1, *input_shape), jnp.float32)
-    _, state = jax.eval_shape(
-        lambda v: model.apply(
-            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
-        ),
-        variables,
+    # A real forward pass at batch 1 (cheap): unlike eval_shape's pytree round trip it keeps
+    # the intermediates in call order.
+    _, state = model.apply(
+        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
     )
     intermediates = state["intermediates"]
     params = variables["params"]

@@ -485,6 +485,10 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
 
     def _main(argv: list[str]) -> None:
         del argv
+        from absl import logging as absl_logging
+
+        if not flags.FLAGS["verbosity"].present:  # tfds and jax log a lot at INFO
+            absl_logging.set_verbosity(absl_logging.WARNING)
         interrupted = {"signal": None}
 
         def _handler(signum, frame):  # finish the step in flight, save, exit
