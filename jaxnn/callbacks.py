@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CSVLogger",
     "Callback",
+    "Checkpoint",
     "EarlyStopping",
     "ProgressLogger",
     "ReduceLROnPlateau",
@@ -372,3 +373,66 @@ class TensorBoardLogger(Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class Checkpoint(Callback):
+    """Saves the whole training state at epoch ends and every ``every_steps`` steps, and saves
+    and stops when a stop was requested (SIGINT / SIGTERM through ``request_stop``).
+
+    A checkpoint holds the train state (params, batch_stats, optimizer state with schedule
+    count and plateau scale, step, dropout key), the metric accumulator of a partial epoch, and
+    as JSON the epoch, the position inside it and the state of ``stateful`` callbacks. Nothing
+    is saved when the loss went NaN/Inf: the last good checkpoint stays the latest.
+
+    Args:
+      checkpointer: a ``jaxnn.checkpoint.Checkpointer``.
+      stateful: name -> callback whose ``state_dict`` is saved (CSV rows, early stopping, ...).
+      every_steps: also save every this many optimizer steps (0: epoch ends only).
+    """
+
+    def __init__(self, checkpointer: Any, stateful: dict[str, Callback], every_steps: int = 0):
+        self.checkpointer = checkpointer
+        self.stateful = stateful
+        self.every_steps = every_steps
+        self.stop_requested = False
+        self._last_saved_step = -1
+
+    def request_stop(self) -> None:
+        """Asks for a save and a stop after the step in flight (safe from a signal handler)."""
+        self.stop_requested = True
+
+    def save(self, trainer: Trainer, acc: dict[str, Any] | None, metrics=None) -> None:
+        from jaxnn.trainer import check_finite
+
+        step = trainer.global_step
+        if acc is not None:
+            check_finite(acc, trainer.epoch)  # never checkpoint a diverged state
+        else:
+            acc = trainer.empty_train_metrics()
+        tree = jax.device_get({"train_state": trainer.state, "metrics": acc})
+        extra = {
+            "epoch": trainer.epoch,
+            "position": trainer.position,
+            "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()},
+        }
+        self.checkpointer.save(step, tree, extra=extra, metrics=metrics, force=True)
+        self._last_saved_step = step
+
+    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
+        step = trainer.global_step  # counted on the host: no device sync per dispatch
+        every = self.every_steps
+        due = every and step // every > self._last_saved_step // every
+        if self.stop_requested or due:
+            self.save(trainer, metrics)
+        if self.stop_requested:
+            self.checkpointer.wait()
+            raise KeyboardInterrupt("stop requested; checkpoint saved")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.save(trainer, None, metrics=logs)
+        if self.stop_requested:
+            self.checkpointer.wait()
+            raise KeyboardInterrupt("stop requested; checkpoint saved")
+
+    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+        self.checkpointer.wait()

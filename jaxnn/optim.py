@@ -2,28 +2,33 @@
 
 Every optimizer built here is the chain::
 
-    clip_by_global_norm(clip_norm)                 # optional
-    add_decayed_weights(2·l2, mask=kernels)         # L2 with Keras' meaning: ∇(λ·Σ w²) = 2λw
-    <direction>                                     # trace (momentum) / scale_by_adam / _rms / _rss
-    add_decayed_weights(weight_decay, mask=kernels) # AdamW's decoupled decay (adamw only)
-    inject_hyperparams(scale_by_learning_rate)      # the schedule's value, stored in the state
-    inject_hyperparams(scale)(learning_rate_scale)  # ReduceLROnPlateau's factor, a value
+    clip_by_global_norm(clip_norm)                   # optional
+    add_decayed_weights(2·l2, mask=kernels)          # L2 with Keras' meaning: ∇(λ·Σ w²) = 2λw
+    <direction>                                      # trace / scale_by_adam / _rms / _rss
+    add_decayed_weights(weight_decay, mask=kernels)  # decoupled (AdamW) decay, × lr below
+    inject_hyperparams(scale_by_learning_rate)       # the schedule's value, stored in the state
+    inject_hyperparams(scale)(learning_rate_scale)   # ReduceLROnPlateau's factor, a value
 
-wrapped in ``optax.multi_transform`` when layers are frozen and in ``optax.MultiSteps`` for
+wrapped in ``optax.multi_transform`` when layers are frozen and then in ``optax.MultiSteps`` for
 gradient accumulation. Because the learning rate and its scale are *values* in the optimizer
 state, ``current_learning_rate`` reads them at any step and ``set_learning_rate_scale`` changes
 the rate without recompiling the train step.
+
+"Kernels" are the leaves whose last path key is ``kernel`` (Dense and Conv weights); biases and
+BatchNorm scale/bias are never decayed, as with Keras' ``kernel_regularizer``.
 
 Example::
 
     tx = build({"name": "adam", "learning_rate": 1e-3, "l2": 1e-4,
                 "schedule": {"name": "cosine"}}, steps_per_epoch=469, epochs=10)
+    opt_state = tx.init(params)
+    current_learning_rate(opt_state)  # 1e-3
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,6 +43,7 @@ __all__ = [
     "adam",
     "adamw",
     "build",
+    "check_config",
     "current_learning_rate",
     "default_config",
     "freeze",
@@ -54,23 +60,42 @@ LearningRate = float | optax.Schedule
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine")
 
+_KERAS_ADAMW_WEIGHT_DECAY = 4e-3  # keras.optimizers.AdamW's default
+_DEFAULT_MOMENTUM = 0.9  # for the names "momentum" and "nesterov"
+
+
+def _unset() -> Any:
+    """None that a float may replace, also from the command line (``--config.x=0.9``)."""
+    return ml_collections.config_dict.placeholder(float)
+
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every key ``build`` understands, with Keras' defaults where Keras has one."""
+    """Every key ``build`` understands, with Keras' defaults where Keras has one.
+
+    ``None`` means "the named optimizer's default" (``momentum``: 0.9 for ``"momentum"`` and
+    ``"nesterov"``, else 0; ``weight_decay``: 4e-3 for ``"adamw"``, else 0).
+
+    Example::
+
+        config = default_config()
+        config.name = "momentum"
+        config.schedule.name = "step"
+        tx = build(config, steps_per_epoch=100)
+    """
     return ml_collections.ConfigDict(
         {
             "name": "adam",
             "learning_rate": 1e-3,
-            "momentum": 0.0,  # sgd; "momentum"/"nesterov" default to 0.9
+            "momentum": _unset(),  # sgd/rmsprop: 0; "momentum"/"nesterov": 0.9
             "nesterov": False,
             "b1": 0.9,  # adam, adamw
             "b2": 0.999,
             "eps": 1e-7,  # Keras' epsilon for adam, rmsprop, adagrad
-            "rho": 0.9,  # rmsprop's decay of the squared-gradient average
+            "rho": 0.9,  # rmsprop's decay of the squared-gradient average (Keras' name)
             "initial_accumulator_value": 0.1,  # adagrad
-            "weight_decay": 0.0,  # decoupled (AdamW-style), on kernels only
+            "weight_decay": _unset(),  # decoupled, × lr, on kernels; adamw: 4e-3, others: 0
             "l2": 0.0,  # λ of the penalty λ·Σ kernel², as Keras' kernel_regularizer=l2(λ)
-            "clip_norm": 0.0,  # global-norm clipping; 0 = off
+            "clip_norm": 0.0,  # global-norm clipping; 0 or None = off
             "accumulate_steps": 1,  # gradient accumulation over k steps (optax.MultiSteps)
             "freeze": (),  # parameter path prefixes that get zero updates ("Conv_0", ...)
             "schedule": {
@@ -80,42 +105,58 @@ def default_config() -> ml_collections.ConfigDict:
                 "decay_rate": 0.96,  # exponential: × rate per decay_epochs (smooth)
                 "decay_epochs": 1.0,
                 "total_epochs": 0,  # cosine / warmup_cosine length; 0 = the run's epochs
-                "warmup_epochs": 1.0,
-                "alpha": 0.0,  # cosine's final fraction of the rate
+                "warmup_epochs": 1.0,  # warmup_cosine: linear 0 → lr over these epochs
+                "alpha": 0.0,  # cosine / warmup_cosine: the final rate as a fraction of lr
             },
         }
     )
 
 
 # ------------------------------------------------------------------------------------ masks
+def _key_str(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
 def _path_str(path: Sequence[Any]) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    return "/".join(_key_str(k) for k in path)
 
 
 def kernel_mask(params: Any) -> Any:
-    """True on Dense/Conv kernels (leaves named ``kernel``), False on biases and BN scale/bias."""
+    """A pytree of bools like ``params``: True on kernels (leaves named ``kernel``).
+
+    Dense and Conv weights are kernels; biases and BatchNorm ``scale``/``bias`` are not.
+
+    Example::
+
+        kernel_mask({"Dense_0": {"kernel": w, "bias": b}})
+        # {"Dense_0": {"kernel": True, "bias": False}}
+    """
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: _path_str(path).rsplit("/", 1)[-1] == "kernel", params
+        lambda path, _: bool(path) and _key_str(path[-1]) == "kernel", params
     )
 
 
 def l2_penalty(params: Any, l2: float) -> jax.Array:
-    """The L2 penalty ``λ·Σ w²`` over kernels only (Keras' ``kernel_regularizer=l2(λ)``).
+    """The L2 penalty ``λ·Σ_kernels Σ w²``, Keras' ``kernel_regularizer=l2(λ)``, summed over layers.
+
+    Its gradient, ``2λw`` on kernels and 0 elsewhere, is what ``build``'s ``l2`` adds to the
+    gradients (``optax.add_decayed_weights(2λ, mask=kernel_mask)``), so the training loss need
+    not include it; use this function to report it.
 
     Example::
 
-        penalty = l2_penalty(state.params, 1e-4)
+        l2_penalty({"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}, 0.01)  # 0.04
     """
-    kernels = [
-        leaf
-        for leaf, is_kernel in zip(
-            jax.tree_util.tree_leaves(params),
-            jax.tree_util.tree_leaves(kernel_mask(params)),
-            strict=True,
-        )
-        if is_kernel
-    ]
-    return l2 * sum(jnp.sum(jnp.square(k)) for k in kernels)
+    leaves = jax.tree_util.tree_leaves(params)
+    mask = jax.tree_util.tree_leaves(kernel_mask(params))
+    total = jnp.zeros((), jnp.float32)
+    for leaf, is_kernel in zip(leaves, mask, strict=True):
+        if is_kernel:
+            total = total + jnp.sum(jnp.square(leaf))
+    return l2 * total
 
 
 # -------------------------------------------------------------------------------- schedules
@@ -123,78 +164,105 @@ def make_schedule(
     learning_rate: float,
     schedule: Mapping[str, Any] | None,
     *,
-    steps_per_epoch: int,
+    steps_per_epoch: float,
     epochs: int | None = None,
 ) -> LearningRate:
-    """An optax schedule in steps from a schedule config given in epochs.
+    """An optax schedule counted in optimizer steps, from a schedule config given in epochs.
 
-    - ``constant``: ``lr``.
-    - ``step``: ``lr · factor^⌊epoch / decay_every_epochs⌋`` (staircase exponential decay).
-    - ``exponential``: ``lr · rate^(epoch / decay_epochs)``.
-    - ``cosine``: ``lr · ((1 − α)·½(1 + cos(π·t/T)) + α)`` over ``T = total_epochs``.
-    - ``warmup_cosine``: linear 0 → lr over ``warmup_epochs``, then cosine to ``alpha·lr``.
+    With ``e = step / steps_per_epoch`` and ``lr = learning_rate``:
+
+    - ``constant``: ``lr`` (returned as the float itself).
+    - ``step``: ``lr · decay_factor^⌊e / decay_every_epochs⌋`` (``optax.exponential_decay`` with
+      ``staircase=True``, ``transition_steps = decay_every_epochs · steps_per_epoch``).
+    - ``exponential``: ``lr · decay_rate^(e / decay_epochs)``.
+    - ``cosine``: ``lr · ((1 − α)·½(1 + cos(π·min(e, T)/T)) + α)``, ``T = total_epochs``.
+    - ``warmup_cosine``: ``lr · e / W`` for ``e < W = warmup_epochs``, then the cosine from
+      ``lr`` to ``α·lr`` over the remaining ``T − W`` epochs (``T`` includes the warmup).
+
+    ``total_epochs = 0`` takes ``epochs`` (the run's length).
+
+    Raises:
+      ValueError: for an unknown schedule name (listing ``SCHEDULES``) or a cosine schedule
+        without a length.
+
+    Example::
+
+        s = make_schedule(0.1, {"name": "step", "decay_factor": 0.5, "decay_every_epochs": 2},
+                          steps_per_epoch=100)
+        s(199), s(200)  # 0.1, 0.05
     """
+    if schedule is not None and not isinstance(schedule, Mapping):
+        raise ValueError(
+            f"optimizer.schedule: expected a dict with a 'name' in {list(SCHEDULES)}; "
+            f"got {schedule!r}"
+        )
     schedule = dict(schedule or {})
     name = schedule.get("name", "constant")
     if name not in SCHEDULES:
         raise ValueError(
             f"optimizer.schedule.name: expected one of {list(SCHEDULES)}; got {name!r}"
         )
-    merged = {**default_config().schedule.to_dict(), **schedule}
-    spe = steps_per_epoch
+    s = {**default_config().schedule.to_dict(), **schedule}
+
+    def steps(epochs_: float, minimum: int = 1) -> int:
+        return max(minimum, round(epochs_ * steps_per_epoch))
+
     if name == "constant":
         return learning_rate
     if name == "step":
         return optax.exponential_decay(
             learning_rate,
-            transition_steps=max(1, int(merged["decay_every_epochs"] * spe)),
-            decay_rate=merged["decay_factor"],
+            transition_steps=steps(s["decay_every_epochs"]),
+            decay_rate=s["decay_factor"],
             staircase=True,
         )
     if name == "exponential":
         return optax.exponential_decay(
-            learning_rate,
-            transition_steps=max(1, int(merged["decay_epochs"] * spe)),
-            decay_rate=merged["decay_rate"],
+            learning_rate, transition_steps=steps(s["decay_epochs"]), decay_rate=s["decay_rate"]
         )
-    total_epochs = merged["total_epochs"] or epochs
+    total_epochs = s["total_epochs"] or epochs
     if not total_epochs:
         raise ValueError(
             f"optimizer.schedule.total_epochs: the {name!r} schedule needs its length in epochs; "
-            "got 0 and no run length to default to"
+            "got 0 and no run length (epochs) to default to"
         )
-    total = max(1, int(total_epochs * spe))
+    total = steps(total_epochs)
     if name == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, decay_steps=total, alpha=merged["alpha"])
+        return optax.cosine_decay_schedule(learning_rate, decay_steps=total, alpha=s["alpha"])
+    warmup = steps(s["warmup_epochs"], minimum=0)
+    if warmup >= total:
+        raise ValueError(
+            "optimizer.schedule.warmup_epochs: expected fewer warmup epochs than total epochs "
+            f"({total_epochs}); got {s['warmup_epochs']}"
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate,
-        warmup_steps=int(merged["warmup_epochs"] * spe),
+        warmup_steps=warmup,
         decay_steps=total,
-        end_value=merged["alpha"] * learning_rate,
+        end_value=s["alpha"] * learning_rate,
     )
 
 
 # ------------------------------------------------------------------------------- the chain
-def _learning_rate_scale(learning_rate_scale: float) -> optax.GradientTransformation:
-    return optax.scale(learning_rate_scale)
-
-
 def _direction(name: str, c: Mapping[str, Any]) -> optax.GradientTransformation:
+    """The optimizer's update direction, before the learning rate."""
     if name in ("sgd", "momentum", "nesterov"):
-        momentum = c["momentum"] or (0.9 if name != "sgd" else 0.0)
+        momentum = c["momentum"]
+        if momentum is None:
+            momentum = 0.0 if name == "sgd" else _DEFAULT_MOMENTUM
         if not momentum:
             return optax.identity()
         return optax.trace(decay=momentum, nesterov=bool(c["nesterov"]) or name == "nesterov")
     if name in ("adam", "adamw"):
         return optax.scale_by_adam(b1=c["b1"], b2=c["b2"], eps=c["eps"])
     if name == "rmsprop":
-        # Keras' RMSprop: v = ρv + (1−ρ)g², step g / (√v + ε) (ε outside the root).
-        rms = optax.scale_by_rms(decay=c["rho"], eps=c["eps"], eps_in_sqrt=False)
+        # Keras 3's RMSprop: v = ρv + (1−ρ)g², step g / √(v + ε) (ε inside the root).
+        rms = optax.scale_by_rms(decay=c["rho"], eps=c["eps"], eps_in_sqrt=True)
         if c["momentum"]:
             return optax.chain(rms, optax.trace(decay=c["momentum"]))
         return rms
-    # adagrad: optax's form, g / √(Σg² + ε), accumulator starting at 0.1 as in Keras.
+    # Keras' Adagrad: a = a₀ + Σg², step g / √(a + ε).
     return optax.scale_by_rss(
         initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"]
     )
@@ -204,10 +272,76 @@ def _check_keys(config: Mapping[str, Any], valid: Mapping[str, Any], where: str)
     for key in config:
         if key not in valid:
             close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
-            hint = f"; did you mean {close}?" if close else ""
+            hint = f"; did you mean {close}?" if close else ";"
             raise ValueError(
-                f"{where}{key}: unknown optimizer config key{hint} Valid keys: {sorted(valid)}"
+                f"{where}{key}: unknown optimizer config key{hint} valid keys: {sorted(valid)}"
             )
+
+
+def _checked(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config`` merged over the defaults, with names, keys and types checked."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config: expected a dict or ConfigDict; got {type(config).__name__}")
+    config = dict(config)
+    defaults = default_config().to_dict()
+    _check_keys(config, defaults, "optimizer.")
+    schedule = config.get("schedule")
+    if schedule is not None and not isinstance(schedule, Mapping):
+        raise ValueError(
+            f"optimizer.schedule: expected a dict with a 'name' in {list(SCHEDULES)}; "
+            f"got {schedule!r}"
+        )
+    if schedule is not None:
+        _check_keys(schedule, defaults["schedule"], "optimizer.schedule.")
+        if schedule.get("name", "constant") not in SCHEDULES:
+            raise ValueError(
+                f"optimizer.schedule.name: expected one of {list(SCHEDULES)}; "
+                f"got {schedule['name']!r}"
+            )
+    c = {**defaults, **config}
+    if c["name"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name: expected one of {list(OPTIMIZERS)}; got {c['name']!r}")
+    k = c["accumulate_steps"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"optimizer.accumulate_steps: expected an integer >= 1; got {k!r}")
+    learning_rate = c["learning_rate"]
+    if not callable(learning_rate) and (
+        isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
+    ):
+        raise ValueError(
+            f"optimizer.learning_rate: expected a float or an optax schedule; got {learning_rate!r}"
+        )
+    for key in ("l2", "clip_norm", "weight_decay"):
+        if c[key] is not None and not c[key] >= 0:
+            raise ValueError(f"optimizer.{key}: expected a number >= 0 (or None); got {c[key]!r}")
+    frozen = c["freeze"]
+    if isinstance(frozen, str):
+        frozen = (frozen,)
+    if not all(isinstance(f, str) for f in frozen):
+        raise ValueError(
+            f"optimizer.freeze: expected a list of parameter path prefixes; got {c['freeze']!r}"
+        )
+    c["freeze"] = tuple(frozen)
+    return c
+
+
+def check_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
+    """Checks an optimizer config's names, keys and types without building it.
+
+    Use it to fail early, before the run's length (which cosine schedules need) is known.
+
+    Raises:
+      ValueError: naming the key, what was expected and what was given; unknown names list the
+        valid ones and unknown keys their close matches.
+
+    Example::
+
+        check_config({"name": "adam", "schedule": {"name": "warmup_cosine"}})  # fine
+        check_config({"name": "adamm"})  # ValueError: optimizer.name: expected one of [...]
+    """
+    _checked(config)
 
 
 def build(
@@ -215,121 +349,238 @@ def build(
     *,
     steps_per_epoch: int,
     epochs: int | None = None,
+    params: Any = None,
 ) -> optax.GradientTransformation:
     """Builds the optimizer chain a config describes (see ``default_config`` for every key).
 
+    The chain is ``clip → L2 → direction → decoupled decay → learning rate → learning_rate_scale``
+    (see the module docstring), then ``freeze`` and ``optax.MultiSteps``. Per step, with ``g`` the
+    gradient and ``d(·)`` the optimizer's direction (momentum, Adam, RMSprop, Adagrad)::
+
+        g ← g · min(1, clip_norm / ‖g‖)        (global norm over all leaves)
+        g ← g + 2·l2·w                          (kernels only)
+        u = −lr(t) · scale · (d(g) + weight_decay·w)   (decay on kernels only)
+
+    With ``accumulate_steps = k`` the update is applied every k-th call with the mean of the k
+    gradients (zero updates in between), so the effective batch is ``k × batch``; schedules then
+    count applied updates, ``steps_per_epoch / k`` per epoch.
+
     Args:
       config: a dict or ConfigDict; ``name`` is one of ``OPTIMIZERS``; missing keys take
-        ``default_config()``'s values.
-      steps_per_epoch: converts the schedule's epochs into steps.
+        ``default_config()``'s values. ``learning_rate`` may also be an optax schedule (then
+        ``schedule`` is ignored).
+      steps_per_epoch: training steps (batches) per epoch; converts the schedule's epochs.
       epochs: the run's length, the default length of cosine schedules.
+      params: optional; when given, ``freeze`` prefixes are checked now instead of at ``init``.
 
     Raises:
-      ValueError: for unknown names or keys, listing the valid ones.
+      ValueError: for unknown names or keys (listing the valid ones) and bad values.
 
     Example::
 
         tx = build({"name": "momentum", "learning_rate": 0.01, "l2": 1e-4}, steps_per_epoch=100)
+        opt_state = tx.init(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
     """
-    if isinstance(config, ml_collections.ConfigDict):
-        config = config.to_dict()
-    config = dict(config)
-    defaults = default_config().to_dict()
-    _check_keys(config, defaults, "optimizer.")
-    if isinstance(config.get("schedule"), Mapping):
-        _check_keys(config["schedule"], defaults["schedule"], "optimizer.schedule.")
-    c = {**defaults, **config}
-    name = c["name"]
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name: expected one of {list(OPTIMIZERS)}; got {name!r}")
-    if not isinstance(c["accumulate_steps"], int) or c["accumulate_steps"] < 1:
-        raise ValueError(
-            f"optimizer.accumulate_steps: expected an integer >= 1; got {c['accumulate_steps']!r}"
-        )
-    # Schedules count optimizer updates: with accumulation there are k times fewer per epoch.
-    updates_per_epoch = max(1, steps_per_epoch // c["accumulate_steps"])
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
+        raise ValueError(f"steps_per_epoch: expected an integer >= 1; got {steps_per_epoch!r}")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch: expected an integer >= 1; got {steps_per_epoch}")
+    c = _checked(config)
+    name, k, frozen = c["name"], c["accumulate_steps"], c["freeze"]
     learning_rate = c["learning_rate"]
     if not callable(learning_rate):
+        # Schedules count applied updates: with accumulation there are k times fewer per epoch.
         learning_rate = make_schedule(
-            learning_rate, c["schedule"], steps_per_epoch=updates_per_epoch, epochs=epochs
+            float(learning_rate), c["schedule"], steps_per_epoch=steps_per_epoch / k, epochs=epochs
         )
+
     pieces = []
     if c["clip_norm"]:
         pieces.append(optax.clip_by_global_norm(c["clip_norm"]))
     if c["l2"]:
         pieces.append(optax.add_decayed_weights(2.0 * c["l2"], mask=kernel_mask))
     pieces.append(_direction(name, c))
-    weight_decay = c["weight_decay"] or (4e-3 if name == "adamw" else 0.0)  # Keras' AdamW default
+    weight_decay = c["weight_decay"]
+    if weight_decay is None:
+        weight_decay = _KERAS_ADAMW_WEIGHT_DECAY if name == "adamw" else 0.0
     if weight_decay:
         pieces.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
     pieces.append(
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate)
     )
-    pieces.append(optax.inject_hyperparams(_learning_rate_scale)(learning_rate_scale=1.0))
+    # A plain number in the state: the host may change it between steps (ReduceLROnPlateau).
+    pieces.append(optax.inject_hyperparams(_scale_by_learning_rate_scale)(learning_rate_scale=1.0))
     tx = optax.chain(*pieces)
-    if c["freeze"]:
-        tx = freeze(tx, tuple(c["freeze"]))
-    if c["accumulate_steps"] > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=c["accumulate_steps"]).gradient_transformation()
+    if frozen:
+        if params is not None:
+            _check_prefixes(params, frozen)
+        tx = freeze(tx, frozen)
+    if k > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx
 
 
-def _factory(name: str) -> Callable[..., optax.GradientTransformation]:
-    def make(learning_rate: LearningRate, **kwargs: Any) -> optax.GradientTransformation:
-        return build({"name": name, "learning_rate": learning_rate, **kwargs}, steps_per_epoch=1)
-
-    return make
+def _scale_by_learning_rate_scale(learning_rate_scale: float) -> optax.GradientTransformation:
+    """``u ← learning_rate_scale · u`` (named so the injected hyperparameter has this name)."""
+    return optax.scale(learning_rate_scale)
 
 
-def sgd(learning_rate: LearningRate = 0.01, momentum: float = 0.0, nesterov: bool = False):
-    """SGD: ``w ← w − lr·g``; with momentum ``v ← μv + g, w ← w − lr·v`` (Nesterov optional)."""
-    return _factory("sgd")(learning_rate, momentum=momentum, nesterov=nesterov)
+# ------------------------------------------------------------------------ named factories
+def sgd(
+    learning_rate: LearningRate = 0.01, momentum: float = 0.0, nesterov: bool = False
+) -> optax.GradientTransformation:
+    """SGD, Keras' defaults (lr 0.01, no momentum).
 
+    ``u = −lr·g``; with momentum μ: ``v ← μv + g``, ``u = −lr·v``; Nesterov: ``u = −lr·(g + μv)``
+    with the new ``v``.
 
-def adam(learning_rate: LearningRate = 1e-3, b1: float = 0.9, b2: float = 0.999, eps=1e-7):
-    """Adam: ``w ← w − lr·m̂/(√v̂ + ε)`` with bias-corrected moments (Keras' ε = 1e-7)."""
-    return _factory("adam")(learning_rate, b1=b1, b2=b2, eps=eps)
+    Example::
 
-
-def adamw(learning_rate: LearningRate = 1e-3, weight_decay: float = 4e-3, **kwargs: Any):
-    """AdamW: Adam's step plus ``lr·weight_decay·w`` on kernels (decoupled weight decay)."""
-    return _factory("adamw")(learning_rate, weight_decay=weight_decay, **kwargs)
-
-
-def rmsprop(learning_rate: LearningRate = 1e-3, rho: float = 0.9, eps=1e-7, momentum=0.0):
-    """RMSprop: ``v ← ρv + (1−ρ)g², w ← w − lr·g/(√v + ε)`` (Keras' form)."""
-    return _factory("rmsprop")(learning_rate, rho=rho, eps=eps, momentum=momentum)
-
-
-def adagrad(learning_rate: LearningRate = 1e-3, initial_accumulator_value=0.1, eps=1e-7):
-    """Adagrad: ``a ← a + g², w ← w − lr·g/√(a + ε)``, ``a`` starting at 0.1 (Keras' default)."""
-    return _factory("adagrad")(
-        learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps
+        tx = sgd(0.1, momentum=0.9, nesterov=True)
+    """
+    return build(
+        {"name": "sgd", "learning_rate": learning_rate, "momentum": momentum, "nesterov": nesterov},
+        steps_per_epoch=1,
     )
 
 
+def adam(
+    learning_rate: LearningRate = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7
+) -> optax.GradientTransformation:
+    """Adam with Keras' defaults (ε = 1e-7), optax's form of the step.
+
+    ``m ← b1·m + (1−b1)g``, ``v ← b2·v + (1−b2)g²``, ``m̂ = m/(1−b1ᵗ)``, ``v̂ = v/(1−b2ᵗ)``,
+    ``u = −lr·m̂/(√v̂ + ε)``. (Keras adds ε to the uncorrected ``√v``, i.e. ε·√(1−b2ᵗ) here; the
+    two differ only where ``√v̂`` is comparable to ε.)
+
+    Example::
+
+        tx = adam(3e-4)
+    """
+    return build(
+        {"name": "adam", "learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps},
+        steps_per_epoch=1,
+    )
+
+
+def adamw(
+    learning_rate: LearningRate = 1e-3,
+    weight_decay: float = _KERAS_ADAMW_WEIGHT_DECAY,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-7,
+) -> optax.GradientTransformation:
+    """AdamW: Adam's step plus decoupled weight decay on kernels only (Keras' default 4e-3).
+
+    ``u = −lr·(m̂/(√v̂ + ε) + weight_decay·w)`` on kernels, Adam's step elsewhere.
+
+    Example::
+
+        tx = adamw(1e-3, weight_decay=1e-2)
+    """
+    return build(
+        {
+            "name": "adamw",
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "b1": b1,
+            "b2": b2,
+            "eps": eps,
+        },
+        steps_per_epoch=1,
+    )
+
+
+def rmsprop(
+    learning_rate: LearningRate = 1e-3, decay: float = 0.9, eps: float = 1e-7, momentum: float = 0.0
+) -> optax.GradientTransformation:
+    """RMSprop in Keras 3's form (``decay`` is Keras' ``rho``, the config key ``rho``).
+
+    ``v ← decay·v + (1−decay)g²``, ``s = g/√(v + ε)``; without momentum ``u = −lr·s``, with
+    momentum μ: ``m ← μm + s``, ``u = −lr·m``.
+
+    Example::
+
+        tx = rmsprop(1e-3, momentum=0.9)
+    """
+    return build(
+        {
+            "name": "rmsprop",
+            "learning_rate": learning_rate,
+            "rho": decay,
+            "eps": eps,
+            "momentum": momentum,
+        },
+        steps_per_epoch=1,
+    )
+
+
+def adagrad(
+    learning_rate: LearningRate = 1e-3, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> optax.GradientTransformation:
+    """Adagrad in Keras' form: ``a ← a + g²`` (``a`` starts at 0.1), ``u = −lr·g/√(a + ε)``.
+
+    Example::
+
+        tx = adagrad(0.01)
+    """
+    return build(
+        {
+            "name": "adagrad",
+            "learning_rate": learning_rate,
+            "initial_accumulator_value": initial_accumulator_value,
+            "eps": eps,
+        },
+        steps_per_epoch=1,
+    )
+
+
+# --------------------------------------------------------------------------------- freeze
+def _matches(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _check_prefixes(params: Any, frozen: Sequence[str]) -> None:
+    paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for prefix in frozen:
+        if not any(_matches(p, prefix) for p in paths):
+            top = sorted({p.split("/", 1)[0] for p in paths})
+            raise ValueError(
+                f"optimizer.freeze: expected path prefixes of parameters; {prefix!r} matches no "
+                f"parameter; top-level names: {top}"
+            )
+
+
 def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.GradientTransformation:
-    """Zero updates for parameters whose path (``"Conv_0/kernel"``) starts with a prefix in
-    ``frozen``; ``tx`` for the rest (``optax.multi_transform`` with ``optax.set_to_zero``).
+    """Zero updates for the parameters under the path prefixes in ``frozen``, ``tx`` for the rest.
+
+    A parameter's path joins its keys with ``/`` (``"Conv_0/kernel"``); a prefix matches whole
+    components (``"Dense_1"`` matches ``"Dense_1/bias"``, not ``"Dense_10/bias"``). Built from
+    ``optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)``, so frozen
+    parameters keep no optimizer state and get no L2 or weight decay.
 
     Raises:
-      ValueError: at ``init`` when a prefix matches no parameter, listing the top-level names.
+      ValueError: at ``init`` (or ``build(..., params=...)``) when a prefix matches no parameter,
+        listing the top-level parameter names.
+
+    Example::
+
+        tx = freeze(adam(1e-4), ["Conv_0", "Conv_1"])  # fine-tune only the head
     """
+    if isinstance(frozen, str):
+        frozen = (frozen,)
     frozen = tuple(frozen)
+    if not frozen:
+        raise ValueError("frozen: expected at least one parameter path prefix; got none")
 
-    def labels(params):
-        paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        for prefix in frozen:
-            if not any(p == prefix or p.startswith(prefix.rstrip("/") + "/") for p in paths):
-                top = sorted({p.split("/", 1)[0] for p in paths})
-                raise ValueError(
-                    f"optimizer.freeze: {prefix!r} matches no parameter; top-level names: {top}"
-                )
+    def labels(params: Any) -> Any:
+        _check_prefixes(params, frozen)
 
-        def label(path, _):
+        def label(path: Sequence[Any], _: Any) -> str:
             s = _path_str(path)
-            hit = any(s == f or s.startswith(f.rstrip("/") + "/") for f in frozen)
-            return "frozen" if hit else "trainable"
+            return "frozen" if any(_matches(s, f) for f in frozen) else "trainable"
 
         return jax.tree_util.tree_map_with_path(label, params)
 
@@ -347,19 +598,36 @@ def _injected(opt_state: Any, key: str) -> list[Any]:
 
 
 def get_learning_rate_scale(opt_state: Any) -> jax.Array:
-    """The ``learning_rate_scale`` value in the state (1.0 unless ReduceLROnPlateau changed it)."""
+    """The ``learning_rate_scale`` in the state: 1.0 unless changed (by ReduceLROnPlateau).
+
+    Returns 1.0 for optimizers without one (a user's own optax transformation). Jit-able.
+
+    Example::
+
+        get_learning_rate_scale(set_learning_rate_scale(opt_state, 0.5))  # 0.5
+    """
     found = _injected(opt_state, "learning_rate_scale")
-    return found[0].hyperparams["learning_rate_scale"] if found else jnp.asarray(1.0)
+    if not found:
+        return jnp.asarray(1.0, jnp.float32)
+    return found[0].hyperparams["learning_rate_scale"]
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:
-    """The effective learning rate (schedule value × scale) of the most recent update.
+    """The effective learning rate ``schedule(t) · learning_rate_scale`` of the latest update.
 
-    Before the first update it is the first update's rate. Logged at an epoch's end, it is the
-    rate of the epoch's last step.
+    Finds the injected ``learning_rate`` wherever it sits (inside chain, MultiSteps,
+    multi_transform / freeze, masked states). ``optax.inject_hyperparams`` stores the value the
+    last update used: after ``n ≥ 1`` applied updates this is ``schedule(n − 1)``, before the first
+    it is ``schedule(0)``; with gradient accumulation the value changes only when an update is
+    applied. Logged at an epoch's end, it is the rate of the epoch's last step. Jit-able.
 
-    Works inside ``jit`` and through chain / MultiSteps / multi_transform states. Returns NaN for
-    a user's own optax transformation that stores no injected ``learning_rate``.
+    Returns NaN (a float32 scalar) for a state with no injected ``learning_rate`` (a user's own
+    optax transformation such as ``optax.adam(1e-3)``), so logging never fails.
+
+    Example::
+
+        tx = build({"name": "sgd", "learning_rate": 0.1}, steps_per_epoch=10)
+        current_learning_rate(tx.init(params))  # 0.1
     """
     found = _injected(opt_state, "learning_rate")
     if not found:
@@ -367,12 +635,18 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
     return found[0].hyperparams["learning_rate"] * get_learning_rate_scale(opt_state)
 
 
-def set_learning_rate_scale(opt_state: Any, value: float) -> Any:
-    """Returns ``opt_state`` with ``learning_rate_scale = value``: same shapes and dtypes, so the
-    jitted train step runs on without recompiling.
+def set_learning_rate_scale(opt_state: Any, value: float | jax.Array) -> Any:
+    """Returns ``opt_state`` with ``learning_rate_scale = value``; every later update is × value.
+
+    A pure tree update that keeps each leaf's shape, dtype and sharding, so the jitted train
+    step runs on without recompiling. ``current_learning_rate`` reflects it at once.
 
     Raises:
       ValueError: when the state has no ``learning_rate_scale`` (a user's own optax chain).
+
+    Example::
+
+        opt_state = set_learning_rate_scale(opt_state, 0.1 * get_learning_rate_scale(opt_state))
     """
     if not _injected(opt_state, "learning_rate_scale"):
         raise ValueError(
@@ -380,10 +654,11 @@ def set_learning_rate_scale(opt_state: Any, value: float) -> Any:
             "has none (build it with jaxnn.optim.build to use ReduceLROnPlateau)"
         )
 
-    def replace(node):
+    def replace(node: Any) -> Any:
         if _is_inject(node) and "learning_rate_scale" in node.hyperparams:
             old = node.hyperparams["learning_rate_scale"]
-            hyperparams = {**node.hyperparams, "learning_rate_scale": jnp.asarray(value, old.dtype)}
+            # full_like keeps dtype, weak type and (for concrete arrays) the sharding.
+            hyperparams = {**node.hyperparams, "learning_rate_scale": jnp.full_like(old, value)}
             return node._replace(hyperparams=hyperparams)
         return node
 

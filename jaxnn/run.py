@@ -243,8 +243,10 @@ def _num_outputs(config: ConfigDict, dataset: Dataset) -> int:
 
 
 # ------------------------------------------------------------------------------------ workdir
-class _StopRequested(Exception):
-    pass
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else "experiments.<name>"
 
 
 def _check_workdir(workdir: Path) -> None:
@@ -359,6 +361,24 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
                 min_delta=config.reduce_lr.min_delta,
             )
         )
+    stateful = {c.__class__.__name__: c for c in callbacks}
+    checkpoint = None
+    if config.checkpoint.enabled:
+        from jaxnn.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(
+            workdir,
+            keep_latest=config.checkpoint.keep_latest,
+            keep_best=config.checkpoint.keep_best,
+            best_metric=monitor,
+            best_mode=config.monitor_mode,
+        )
+        checkpoint = callbacks_lib.Checkpoint(
+            checkpointer, stateful, every_steps=config.checkpoint.every_steps
+        )
+        _resume(trainer, checkpointer, checkpoint, stateful)
+        callbacks.append(checkpoint)  # last: it saves what the others updated
+        _STOP_HANDLERS[:] = [checkpoint.request_stop]
     remaining = config.epochs - trainer.epoch
     if remaining > 0:
         trainer.fit(
@@ -372,6 +392,28 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         )
     full_history = _history_from_rows(csv_logger.rows)
     return _finish(config, workdir, trainer, dataset, full_history, monitor, start)
+
+
+_STOP_HANDLERS: list[Callable[[], None]] = []
+
+
+def _resume(trainer, checkpointer, checkpoint, stateful) -> None:
+    """Continues from the latest readable checkpoint, if there is one."""
+    template = {"train_state": trainer.state, "metrics": trainer.empty_train_metrics()}
+    restored = checkpointer.restore_latest_good(template)
+    if restored is None:
+        return
+    tree, extra, step = restored
+    trainer.state = tree["train_state"]
+    trainer.epoch = int(extra["epoch"])
+    trainer.global_step = step
+    if extra["position"]:
+        trainer.resume_mid_epoch(int(extra["position"]), tree["metrics"])
+    for name, state in extra["callbacks"].items():
+        stateful[name].load_state_dict(state)
+    checkpoint._last_saved_step = step
+    where = f", step {extra['position']} of epoch {trainer.epoch + 1}" if extra["position"] else ""
+    _print(f"Resuming from checkpoint {step} ({trainer.epoch} epochs done{where}).")
 
 
 def _history_from_rows(rows: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -489,18 +531,22 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
 
         if not flags.FLAGS["verbosity"].present:  # tfds and jax log a lot at INFO
             absl_logging.set_verbosity(absl_logging.WARNING)
-        interrupted = {"signal": None}
 
-        def _handler(signum, frame):  # finish the step in flight, save, exit
-            interrupted["signal"] = signum
-            raise _StopRequested
+        def _handler(signum, frame):  # finish the step in flight, save, then stop
+            if not _STOP_HANDLERS:
+                raise KeyboardInterrupt
+            for request_stop in _STOP_HANDLERS:
+                request_stop()
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _handler)
         try:
             run(flags.FLAGS.config, flags.FLAGS.workdir)
-        except _StopRequested:
-            _print(f"Interrupted; rerun the same command to resume from {flags.FLAGS.workdir}.")
+        except KeyboardInterrupt:
+            _print(
+                f"Interrupted: the state is saved in {flags.FLAGS.workdir}/checkpoints. Resume "
+                f"with the same command: python -m {_module_name()} {' '.join(sys.argv[1:])}"
+            )
             sys.exit(130)
         except (ValueError, PermissionError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)

@@ -154,6 +154,7 @@ class Trainer:
         # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
         # mid-epoch stores both, and ``resume_mid_epoch`` puts them back for an exact resume.
         self.position = 0
+        self.global_step = 0  # optimizer steps so far (= state.step), kept on the host
         self._resume_acc: dict[str, Any] | None = None
         self.stop_training = False
         self._steps: Steps | None = None
@@ -383,6 +384,7 @@ class Trainer:
             acc, done = self._resume_acc, self.position
             self._resume_acc = None
         self.position = done
+        self.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
         while done < steps_per_epoch:
             k = per_dispatch if steps_per_epoch - done >= per_dispatch else 1
             chunk_idx, chunk_w = idx[done : done + k], weight[done : done + k]
@@ -395,6 +397,7 @@ class Trainer:
                 self.state, acc = self._steps.train(self.state, acc, x, y, chunk_idx, chunk_w)
             done += k
             self.position = done
+            self.global_step += k
             for cb in callbacks:
                 cb.on_dispatch_end(self, done, acc)
         self.position = 0

@@ -1,5 +1,8 @@
+"""jaxnn.optim against formulas written out in numpy."""
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -20,116 +23,171 @@ GRADS = [
     jax.tree_util.tree_map(lambda p: np.float32(0.3) * p + np.float32(0.1), PARAMS),
     jax.tree_util.tree_map(lambda p: np.float32(-0.2) * p + np.float32(0.05), PARAMS),
 ]
+W = PARAMS["Dense_0"]["kernel"]
+ZERO = jax.tree_util.tree_map(np.zeros_like, PARAMS)
+NOT_KERNELS = (("Dense_0", "bias"), ("BatchNorm_0", "scale"), ("BatchNorm_0", "bias"))
 
 
-def two_updates(config):
-    tx = optim.build(config, steps_per_epoch=10, epochs=1)
+def two_updates(tx, leaf=("Dense_0", "kernel")):
     state = tx.init(PARAMS)
-    updates = []
+    out = []
     for g in GRADS:
         u, state = tx.update(g, state, PARAMS)
-        updates.append(u)
-    return updates
+        out.append(u[leaf[0]][leaf[1]])
+    return out
 
 
-def sgd_formula(lr, momentum=0.0, nesterov=False):
+def grads_of(leaf):
+    return [g[leaf[0]][leaf[1]].astype(np.float64) for g in GRADS]
+
+
+def sgd_formula(lr, momentum=0.0, nesterov=False, leaf=("Dense_0", "kernel")):
     out, v = [], 0.0
-    for g in GRADS:
-        g = g["Dense_0"]["kernel"]
+    for g in grads_of(leaf):
         v = momentum * v + g
         out.append(-lr * (momentum * v + g if nesterov else v))
     return out
 
 
-def adam_formula(lr, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0, w=None):
+def adam_formula(lr, b1=0.9, b2=0.999, eps=1e-7, weight_decay=0.0, leaf=("Dense_0", "kernel")):
+    w = PARAMS[leaf[0]][leaf[1]]
     out, m, v = [], 0.0, 0.0
-    for t, g in enumerate(GRADS, start=1):
-        g = g["Dense_0"]["kernel"]
+    for t, g in enumerate(grads_of(leaf), start=1):
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         step = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-        out.append(-lr * (step + (weight_decay * w if weight_decay else 0.0)))
+        out.append(-lr * (step + weight_decay * w))
     return out
 
 
-def rmsprop_formula(lr, rho=0.9, eps=1e-7):
-    out, v = [], 0.0
-    for g in GRADS:
-        g = g["Dense_0"]["kernel"]
+def rmsprop_formula(lr, rho=0.9, eps=1e-7, momentum=0.0):
+    out, v, mom = [], 0.0, 0.0
+    for g in grads_of(("Dense_0", "kernel")):
         v = rho * v + (1 - rho) * g * g
-        out.append(-lr * g / (np.sqrt(v) + eps))
+        mom = momentum * mom + g / np.sqrt(v + eps)  # Keras 3: ε inside the root
+        out.append(-lr * mom)
     return out
 
 
 def adagrad_formula(lr, initial=0.1, eps=1e-7):
     out, a = [], initial
-    for g in GRADS:
-        g = g["Dense_0"]["kernel"]
+    for g in grads_of(("Dense_0", "kernel")):
         a = a + g * g
         out.append(-lr * g / np.sqrt(a + eps))
     return out
 
 
-W = PARAMS["Dense_0"]["kernel"]
+FORMULA_CASES = [
+    ({"name": "sgd", "learning_rate": 0.1}, sgd_formula(0.1)),
+    ({"name": "momentum", "learning_rate": 0.1}, sgd_formula(0.1, 0.9)),
+    ({"name": "momentum", "learning_rate": 0.1, "momentum": 0.5}, sgd_formula(0.1, 0.5)),
+    ({"name": "nesterov", "learning_rate": 0.1}, sgd_formula(0.1, 0.9, nesterov=True)),
+    ({"name": "adam", "learning_rate": 0.01}, adam_formula(0.01)),
+    # A large ε pins where ε goes (after the bias correction, outside the root).
+    ({"name": "adam", "learning_rate": 0.01, "eps": 0.1}, adam_formula(0.01, eps=0.1)),
+    (
+        {"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.1},
+        adam_formula(0.01, weight_decay=0.1),
+    ),
+    ({"name": "adamw", "learning_rate": 0.01}, adam_formula(0.01, weight_decay=4e-3)),
+    ({"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.0}, adam_formula(0.01)),
+    ({"name": "rmsprop", "learning_rate": 0.01}, rmsprop_formula(0.01)),
+    (
+        {"name": "rmsprop", "learning_rate": 0.01, "eps": 0.1, "rho": 0.8},
+        rmsprop_formula(0.01, rho=0.8, eps=0.1),
+    ),
+    (
+        {"name": "rmsprop", "learning_rate": 0.01, "momentum": 0.9},
+        rmsprop_formula(0.01, momentum=0.9),
+    ),
+    ({"name": "adagrad", "learning_rate": 0.1}, adagrad_formula(0.1)),
+    ({"name": "adagrad", "learning_rate": 0.1, "eps": 0.1}, adagrad_formula(0.1, eps=0.1)),
+]
+
+
+@pytest.mark.parametrize("config, expected", FORMULA_CASES)
+def test_first_two_updates_match_the_formulas(config, expected):
+    tx = optim.build(config, steps_per_epoch=10, epochs=1)
+    for got, want in zip(two_updates(tx), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize(
-    "config, expected",
+    "tx, expected",
     [
-        ({"name": "sgd", "learning_rate": 0.1}, sgd_formula(0.1)),
-        ({"name": "momentum", "learning_rate": 0.1}, sgd_formula(0.1, 0.9)),
-        ({"name": "nesterov", "learning_rate": 0.1}, sgd_formula(0.1, 0.9, nesterov=True)),
-        ({"name": "adam", "learning_rate": 0.01}, adam_formula(0.01)),
-        (
-            {"name": "adamw", "learning_rate": 0.01, "weight_decay": 0.1},
-            adam_formula(0.01, weight_decay=0.1, w=W),
-        ),
-        ({"name": "rmsprop", "learning_rate": 0.01}, rmsprop_formula(0.01)),
-        ({"name": "adagrad", "learning_rate": 0.1}, adagrad_formula(0.1)),
+        (optim.sgd(0.1, momentum=0.9, nesterov=True), sgd_formula(0.1, 0.9, nesterov=True)),
+        (optim.adam(0.01, b1=0.8, b2=0.99, eps=0.1), adam_formula(0.01, 0.8, 0.99, 0.1)),
+        (optim.adamw(0.01, weight_decay=0.1), adam_formula(0.01, weight_decay=0.1)),
+        (optim.rmsprop(0.01, decay=0.8, eps=0.1), rmsprop_formula(0.01, rho=0.8, eps=0.1)),
+        (optim.adagrad(0.1, initial_accumulator_value=0.5), adagrad_formula(0.1, initial=0.5)),
     ],
 )
-def test_first_two_updates_match_the_formulas(config, expected):
-    updates = two_updates(config)
-    for got, want in zip(updates, expected, strict=True):
-        np.testing.assert_allclose(got["Dense_0"]["kernel"], want, rtol=1e-4, atol=1e-8)
+def test_named_factories_match_the_formulas(tx, expected):
+    for got, want in zip(two_updates(tx), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_adamw_decays_kernels_only():
+    tx = optim.adamw(0.01, weight_decay=0.1)
+    for leaf in NOT_KERNELS:
+        expected = adam_formula(0.01, leaf=leaf)  # no decay term
+        for got, want in zip(two_updates(tx, leaf), expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_kernel_mask_marks_only_kernels():
+    assert optim.kernel_mask(PARAMS) == {
+        "Dense_0": {"kernel": True, "bias": False},
+        "BatchNorm_0": {"scale": False, "bias": False},
+    }
 
 
 def test_l2_penalty_and_its_gradient_touch_kernels_only():
     l2 = 0.01
-    expected = l2 * np.sum(W**2)
-    assert float(optim.l2_penalty(PARAMS, l2)) == pytest.approx(expected, rel=1e-6)
-    zero = jax.tree_util.tree_map(np.zeros_like, PARAMS)
+    params = {**PARAMS, "Conv_0": {"kernel": np.full((3, 3, 1, 2), 0.5, np.float32)}}
+    expected = l2 * (np.sum(W.astype(np.float64) ** 2) + 18 * 0.25)
+    assert float(optim.l2_penalty(params, l2)) == pytest.approx(expected, rel=1e-6)
+
     tx = optim.build({"name": "sgd", "learning_rate": 1.0, "l2": l2}, steps_per_epoch=1)
-    updates, _ = tx.update(zero, tx.init(PARAMS), PARAMS)
-    penalty_grad = jax.grad(optim.l2_penalty)(PARAMS, l2)
-    np.testing.assert_allclose(
-        updates["Dense_0"]["kernel"], -penalty_grad["Dense_0"]["kernel"], rtol=1e-6
-    )
+    # The L2 piece alone: what it adds to a zero gradient, before any scaling.
+    l2_piece = optax.add_decayed_weights(2 * l2, mask=optim.kernel_mask)
+    zero = jax.tree_util.tree_map(np.zeros_like, params)
+    added, _ = l2_piece.update(zero, l2_piece.init(params), params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    penalty_grad = jax.grad(optim.l2_penalty)(params, l2)
+    for layer in ("Dense_0", "Conv_0"):
+        np.testing.assert_allclose(added[layer]["kernel"], penalty_grad[layer]["kernel"], rtol=1e-6)
+        np.testing.assert_allclose(updates[layer]["kernel"], -penalty_grad[layer]["kernel"])
     np.testing.assert_allclose(updates["Dense_0"]["kernel"], -2 * l2 * W, rtol=1e-6)
-    for leaf in (
-        updates["Dense_0"]["bias"],
-        updates["BatchNorm_0"]["scale"],
-        updates["BatchNorm_0"]["bias"],
-    ):
-        np.testing.assert_array_equal(leaf, 0.0)
+    for layer, name in NOT_KERNELS:
+        np.testing.assert_array_equal(updates[layer][name], 0.0)
 
 
-def test_decoupled_weight_decay_is_masked_to_kernels():
-    zero = jax.tree_util.tree_map(np.zeros_like, PARAMS)
-    tx = optim.build({"name": "sgd", "learning_rate": 0.5, "weight_decay": 0.1}, steps_per_epoch=1)
-    updates, _ = tx.update(zero, tx.init(PARAMS), PARAMS)
-    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.5 * 0.1 * W, rtol=1e-6)
-    np.testing.assert_array_equal(updates["BatchNorm_0"]["scale"], 0.0)
+def test_l2_goes_before_the_optimizer_scaling():
+    # With Adam, L2's 2λw is normalised with the gradient: a zero gradient plus L2 moves kernels
+    # by lr·sign(w) on the first step (m̂/√v̂ = ±1), not by lr·2λw.
+    tx = optim.build({"name": "adam", "learning_rate": 0.01, "l2": 0.01}, steps_per_epoch=1)
+    updates, _ = tx.update(ZERO, tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.01 * np.sign(W), rtol=1e-4)
     np.testing.assert_array_equal(updates["Dense_0"]["bias"], 0.0)
+
+
+def test_decoupled_weight_decay_is_masked_and_scaled_by_the_learning_rate():
+    tx = optim.build({"name": "adam", "learning_rate": 0.5, "weight_decay": 0.1}, steps_per_epoch=1)
+    updates, _ = tx.update(ZERO, tx.init(PARAMS), PARAMS)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -0.5 * 0.1 * W, rtol=1e-6)
+    for layer, name in NOT_KERNELS:
+        np.testing.assert_array_equal(updates[layer][name], 0.0)
 
 
 def rates_after_updates(config, n, steps_per_epoch=4, epochs=5, jit=False):
     tx = optim.build(config, steps_per_epoch=steps_per_epoch, epochs=epochs)
     state = tx.init(PARAMS)
     update = jax.jit(tx.update) if jit else tx.update
+    read = jax.jit(optim.current_learning_rate) if jit else optim.current_learning_rate
     rates = []
     for _ in range(n):  # the rate each update used, read from the state after it
         _, state = update(GRADS[0], state, PARAMS)
-        rates.append(float(optim.current_learning_rate(state)))
+        rates.append(float(read(state)))
     return rates
 
 
@@ -151,50 +209,96 @@ def test_schedules_in_epochs_match_their_formulas():
     )
     np.testing.assert_allclose(expo, 0.5 ** (np.arange(6) / 4), rtol=1e-6)
     cosine = rates_after_updates(
-        {"learning_rate": 2.0, "schedule": {"name": "cosine"}}, 21, jit=True
+        {"learning_rate": 2.0, "schedule": {"name": "cosine", "alpha": 0.1}}, 21, jit=True
     )
     t = np.arange(21) / 20
-    np.testing.assert_allclose(cosine, 2.0 * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        cosine, 2.0 * (0.9 * 0.5 * (1 + np.cos(np.pi * t)) + 0.1), rtol=1e-5, atol=1e-6
+    )
     warm = rates_after_updates(
         {"learning_rate": 1.0, "schedule": {"name": "warmup_cosine", "warmup_epochs": 1}}, 21
     )
     np.testing.assert_allclose(warm[:5], [0.0, 0.25, 0.5, 0.75, 1.0], atol=1e-6)
+    t = (np.arange(4, 21) - 4) / 16
+    np.testing.assert_allclose(warm[4:], 0.5 * (1 + np.cos(np.pi * t)), atol=1e-6)
     assert warm[-1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_learning_rate_is_readable_through_wrappers():
+def test_make_schedule_steps_at_epoch_boundaries():
+    spe = 7
+    s = optim.make_schedule(
+        0.1,
+        {"name": "step", "decay_factor": 0.3, "decay_every_epochs": 3},
+        steps_per_epoch=spe,
+    )
+    for epoch in (3, 6, 9):
+        boundary = epoch * spe
+        assert float(s(boundary - 1)) == pytest.approx(0.1 * 0.3 ** (epoch // 3 - 1), rel=1e-6)
+        assert float(s(boundary)) == pytest.approx(0.1 * 0.3 ** (epoch // 3), rel=1e-6)
+    assert optim.make_schedule(0.2, None, steps_per_epoch=spe) == 0.2
+    warm = optim.make_schedule(
+        1.0,
+        {"name": "warmup_cosine", "warmup_epochs": 2, "total_epochs": 10, "alpha": 0.1},
+        steps_per_epoch=spe,
+    )
+    assert float(warm(0)) == 0.0
+    assert float(warm(2 * spe)) == pytest.approx(1.0)
+    assert float(warm(10 * spe)) == pytest.approx(0.1)
+
+
+def test_learning_rate_is_readable_through_multisteps_and_freeze_inside_jit():
     config = {
         "learning_rate": 1.0,
         "freeze": ("BatchNorm_0",),
         "accumulate_steps": 2,
         "schedule": {"name": "step", "decay_factor": 0.1, "decay_every_epochs": 1},
     }
-    # 4 steps per epoch with k=2 accumulation: 2 optimizer updates per epoch.
+    # 4 steps per epoch with k=2 accumulation: 2 applied updates per epoch. Mini-steps 2, 4, 6
+    # apply updates 1, 2, 3 (rates s(0), s(1), s(2)); in between the state keeps the last rate.
     rates = rates_after_updates(config, 6, jit=True)
-    # Mini-steps 2, 4, 6 apply updates 1, 2, 3 (rates s(0), s(1), s(2)); in between the state
-    # keeps the last applied update's rate.
     np.testing.assert_allclose(rates, [1.0, 1.0, 1.0, 1.0, 1.0, 0.1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("wrapper", [{"freeze": ["BatchNorm_0"]}, {"accumulate_steps": 3}])
+def test_learning_rate_is_readable_through_each_wrapper(wrapper):
+    config = {"learning_rate": 0.5, "schedule": {"name": "exponential", "decay_rate": 0.5}}
+    rates = rates_after_updates({**config, **wrapper}, 6, steps_per_epoch=6, jit=True)
+    k = wrapper.get("accumulate_steps", 1)
+    applied = np.maximum(np.arange(1, 7) // k - 1, 0)  # index of the last applied update
+    np.testing.assert_allclose(rates, 0.5 * 0.5 ** (applied / (6 / k)), rtol=1e-6)
+
+
 def test_learning_rate_scale_halves_the_step_without_recompiling():
-    tx = optim.build({"name": "sgd", "learning_rate": 0.1}, steps_per_epoch=1)
+    tx = optim.build(
+        {"name": "sgd", "learning_rate": 0.1, "schedule": {"name": "exponential"}},
+        steps_per_epoch=1000,
+    )
     traces = []
 
-    @jax.jit
     def update(grads, state):
         traces.append(1)
         return tx.update(grads, state, PARAMS)
 
+    update = jax.jit(update)
     state = tx.init(PARAMS)
+    _, state = update(GRADS[0], state)
     full, state = update(GRADS[0], state)
+    lr = float(optim.current_learning_rate(state))
     state = optim.set_learning_rate_scale(state, 0.5)
-    half, state = update(GRADS[0], state)
-    np.testing.assert_allclose(
-        half["Dense_0"]["kernel"], 0.5 * full["Dense_0"]["kernel"], rtol=1e-6
-    )
-    assert float(optim.current_learning_rate(state)) == pytest.approx(0.05)
     assert float(optim.get_learning_rate_scale(state)) == 0.5
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.5 * lr, rel=1e-7)
+    half, state = update(GRADS[0], state)
+    schedule_ratio = 0.96 ** (1 / 1000)  # one more step of the exponential schedule
+    np.testing.assert_allclose(
+        half["Dense_0"]["kernel"], 0.5 * schedule_ratio * full["Dense_0"]["kernel"], rtol=1e-6
+    )
+    state = optim.set_learning_rate_scale(state, 1.0)
+    again, state = update(GRADS[0], state)
+    np.testing.assert_allclose(
+        again["Dense_0"]["kernel"], schedule_ratio * half["Dense_0"]["kernel"] / 0.5, rtol=1e-6
+    )
     assert len(traces) == 1
+    assert update._cache_size() == 1
 
 
 def test_global_norm_clipping():
@@ -204,51 +308,123 @@ def test_global_norm_clipping():
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
     assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-6)
     np.testing.assert_allclose(updates["Dense_0"]["kernel"], -grads["Dense_0"]["kernel"] / 10)
+    tx = optim.build({"name": "sgd", "learning_rate": 1.0, "clip_norm": 20.0}, steps_per_epoch=1)
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    np.testing.assert_array_equal(updates["Dense_0"]["kernel"], -grads["Dense_0"]["kernel"])
 
 
 def test_gradient_accumulation_applies_the_mean_every_k_steps():
+    grads = GRADS + [jax.tree_util.tree_map(lambda g: np.float32(2.0) * g, GRADS[0])]
     tx = optim.build(
-        {"name": "sgd", "learning_rate": 1.0, "accumulate_steps": 2}, steps_per_epoch=2
+        {"name": "sgd", "learning_rate": 1.0, "accumulate_steps": 3}, steps_per_epoch=3
     )
     state = tx.init(PARAMS)
-    first, state = tx.update(GRADS[0], state, PARAMS)
-    second, state = tx.update(GRADS[1], state, PARAMS)
-    np.testing.assert_array_equal(first["Dense_0"]["kernel"], 0.0)
-    mean = (GRADS[0]["Dense_0"]["kernel"] + GRADS[1]["Dense_0"]["kernel"]) / 2
-    np.testing.assert_allclose(second["Dense_0"]["kernel"], -mean, rtol=1e-6)
+    for g in grads[:2]:
+        updates, state = tx.update(g, state, PARAMS)
+        for leaf in jax.tree_util.tree_leaves(updates):
+            np.testing.assert_array_equal(leaf, 0.0)
+    updates, state = tx.update(grads[2], state, PARAMS)
+    mean = jax.tree_util.tree_map(lambda *g: sum(g) / 3, *grads)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(mean), strict=True
+    ):
+        np.testing.assert_allclose(got, -want, rtol=1e-6)
 
 
 def test_freeze_gives_zero_updates_to_the_named_layers():
+    params = {**PARAMS, "Dense_10": {"kernel": np.ones((2, 2), np.float32)}}
+    grads = {**GRADS[0], "Dense_10": {"kernel": np.ones((2, 2), np.float32)}}
     tx = optim.build(
-        {"name": "sgd", "learning_rate": 1.0, "freeze": ("Dense_0",)}, steps_per_epoch=1
+        {"name": "momentum", "learning_rate": 1.0, "freeze": ("Dense_0",)}, steps_per_epoch=1
     )
-    updates, _ = tx.update(GRADS[0], tx.init(PARAMS), PARAMS)
+    updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_array_equal(updates["Dense_0"]["kernel"], 0.0)
     np.testing.assert_array_equal(updates["Dense_0"]["bias"], 0.0)
-    np.testing.assert_allclose(updates["BatchNorm_0"]["scale"], -GRADS[0]["BatchNorm_0"]["scale"])
+    np.testing.assert_allclose(updates["BatchNorm_0"]["scale"], -grads["BatchNorm_0"]["scale"])
+    np.testing.assert_allclose(updates["Dense_10"]["kernel"], -1.0)  # "Dense_0" ≠ "Dense_10"
+    only_bias = optim.freeze(optax.sgd(1.0), ["Dense_0/bias"])
+    updates, _ = only_bias.update(grads, only_bias.init(params), params)
+    np.testing.assert_array_equal(updates["Dense_0"]["bias"], 0.0)
+    np.testing.assert_allclose(updates["Dense_0"]["kernel"], -grads["Dense_0"]["kernel"])
+
+
+def test_unknown_freeze_prefix_lists_the_top_level_names():
+    message = (
+        r"freeze: .*'Conv_9' matches no parameter; top-level names: \['BatchNorm_0', 'Dense_0'"
+    )
     bad = optim.build({"freeze": ("Conv_9",)}, steps_per_epoch=1)
-    with pytest.raises(ValueError, match=r"freeze: 'Conv_9' matches no parameter.*Dense_0"):
+    with pytest.raises(ValueError, match=message):
         bad.init(PARAMS)
+    with pytest.raises(ValueError, match=message):
+        optim.build({"freeze": ["Conv_9"]}, steps_per_epoch=1, params=PARAMS)
 
 
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"name": "adamm"}, r"optimizer.name: expected one of \[.*'adam'"),
-        ({"learning_rat": 0.1}, r"optimizer.learning_rat: unknown.*'learning_rate'"),
-        ({"schedule": {"name": "cosin"}}, r"schedule.name: expected one of .*'cosine'"),
+        (
+            {"name": "adamm"},
+            r"optimizer.name: expected one of \[.*'adam'.*'adagrad'\]; got 'adamm'",
+        ),
+        (
+            {"learning_rat": 0.1},
+            r"optimizer.learning_rat: unknown.*did you mean \['learning_rate'\]",
+        ),
+        ({"schedule": {"name": "cosin"}}, r"schedule.name: expected one of \[.*'warmup_cosine'"),
         ({"schedule": {"nme": "cosine"}}, r"optimizer.schedule.nme: unknown.*'name'"),
+        ({"schedule": "cosine"}, r"optimizer.schedule: expected a dict"),
         ({"accumulate_steps": 0}, r"accumulate_steps: expected an integer >= 1; got 0"),
+        ({"learning_rate": "fast"}, r"learning_rate: expected a float or an optax schedule"),
+        ({"l2": -1.0}, r"optimizer.l2: expected a number >= 0"),
     ],
 )
 def test_bad_configs_name_the_valid_options(config, message):
     with pytest.raises(ValueError, match=message):
         optim.build(config, steps_per_epoch=1, epochs=1)
+    with pytest.raises(ValueError, match=message):
+        optim.check_config(config)
+
+
+def test_cosine_needs_a_length_and_warmup_shorter_than_it():
+    optim.check_config({"schedule": {"name": "cosine"}})  # the length is only needed to build
+    with pytest.raises(ValueError, match="schedule.total_epochs: .*needs its length"):
+        optim.build({"schedule": {"name": "cosine"}}, steps_per_epoch=10)
+    with pytest.raises(ValueError, match="warmup_epochs: expected fewer warmup epochs"):
+        optim.build(
+            {"schedule": {"name": "warmup_cosine", "warmup_epochs": 5}},
+            steps_per_epoch=10,
+            epochs=5,
+        )
+    with pytest.raises(ValueError, match=r"steps_per_epoch: expected an integer >= 1; got 0"):
+        optim.build({}, steps_per_epoch=0)
+
+
+def test_default_config_builds_and_accepts_a_config_dict():
+    config = optim.default_config()
+    assert isinstance(config, ml_collections.ConfigDict)
+    assert config.name == "adam" and config.eps == 1e-7 and config.accumulate_steps == 1
+    config.name = "momentum"
+    config.learning_rate = 0.1
+    tx = optim.build(config, steps_per_epoch=1)
+    for got, want in zip(two_updates(tx), sgd_formula(0.1, 0.9), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_schedule_can_be_passed_as_the_learning_rate():
+    tx = optim.build(
+        {"name": "sgd", "learning_rate": lambda count: 0.1 / (1 + count)}, steps_per_epoch=1
+    )
+    state = tx.init(PARAMS)
+    for expected in (0.1, 0.05, 0.1 / 3):
+        _, state = tx.update(GRADS[0], state, PARAMS)
+        assert float(optim.current_learning_rate(state)) == pytest.approx(expected)
 
 
 def test_user_transformations_without_an_injected_rate_read_as_nan():
     state = optax.sgd(0.1).init(PARAMS)
     assert np.isnan(float(optim.current_learning_rate(state)))
+    assert float(optim.get_learning_rate_scale(state)) == 1.0
     with pytest.raises(ValueError, match="opt_state: expected a jaxnn.optim chain"):
         optim.set_learning_rate_scale(state, 0.5)
-    assert jnp.isfinite(optim.current_learning_rate(optim.adam().init(PARAMS)))
+    assert float(optim.current_learning_rate(optim.adam().init(PARAMS))) == pytest.approx(1e-3)
+    assert jnp.isfinite(optim.current_learning_rate(optim.adagrad(0.01).init(PARAMS)))
