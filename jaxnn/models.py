@@ -81,7 +81,7 @@ def get_initializer(name: str | Callable[..., Any]) -> Callable[..., Any]:
     return _lookup(INITIALIZERS, name, "kernel_init")
 
 
-def pool(x: Array, kind: str | None, window: int = 2) -> Array:
+def pool(x: Array, kind: str | None, window: int = 2, *, train: bool = True) -> Array:
     """Non-overlapping ``window``×``window`` pooling of NHWC images with Keras' 'valid' padding.
 
     Implemented as a reshape and a reduction rather than ``nn.max_pool``: the result is the same,
@@ -93,11 +93,16 @@ def pool(x: Array, kind: str | None, window: int = 2) -> Array:
       x: images of shape ``(batch, height, width, channels)``.
       kind: ``"max"``, ``"avg"`` or ``None`` (no pooling).
       window: window size and stride.
+      train: whether a gradient will be taken. Forward-only, ``reduce_window`` (``nn.max_pool``)
+        is the faster of the two on XLA CPU, and gives the same values.
     """
     if kind is None or kind == "none":
         return x
     if kind not in ("max", "avg"):
         raise ValueError(f"pool: expected 'max', 'avg' or None; got {kind!r}")
+    if not train:
+        reduce = nn.max_pool if kind == "max" else nn.avg_pool
+        return reduce(x, (window, window), (window, window), "VALID")
     b, h, w, c = x.shape
     hh, ww = h // window, w // window
     x = x[:, : hh * window, : ww * window, :].reshape(b, hh, window, ww, window, c)
@@ -207,7 +212,7 @@ class CNN(nn.Module):
             )(x)
             if self.batch_norm:
                 x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
-            x = pool(act(x), self.pool)
+            x = pool(act(x), self.pool, train=train)
         x = x.reshape((x.shape[0], -1))
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

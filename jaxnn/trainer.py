@@ -141,7 +141,7 @@ class Trainer:
         self.metric_names = tuple(metrics)
         if not isinstance(optimizer, optax.GradientTransformation):
             optimizer = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-            optim.build(optimizer, steps_per_epoch=1, epochs=1)  # validate names and keys now
+            optim.check_config(optimizer)  # names, keys and types, before anything is built
         self.optimizer = optimizer
         self.seed = _check_int("seed", seed, 0)
         self.augment = augment
@@ -385,16 +385,22 @@ class Trainer:
             self._resume_acc = None
         self.position = done
         self.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
+        padded = steps_per_epoch * batch_size > n  # only the last batch can hold padding
         while done < steps_per_epoch:
             k = per_dispatch if steps_per_epoch - done >= per_dispatch else 1
+            masked = padded and done + k == steps_per_epoch
             chunk_idx, chunk_w = idx[done : done + k], weight[done : done + k]
             if on_host:  # streamed: gather on the host, copy (asynchronously) to the device
                 flat = idx_host[done : done + k].reshape(-1)
                 xs, ys = jnp.asarray(x[flat]), jnp.asarray(y[flat])
                 chunk_idx = jnp.arange(flat.size, dtype=jnp.int32).reshape(k, batch_size)
-                self.state, acc = self._steps.train(self.state, acc, xs, ys, chunk_idx, chunk_w)
+                self.state, acc = self._steps.train(
+                    self.state, acc, xs, ys, chunk_idx, chunk_w, masked=masked
+                )
             else:
-                self.state, acc = self._steps.train(self.state, acc, x, y, chunk_idx, chunk_w)
+                self.state, acc = self._steps.train(
+                    self.state, acc, x, y, chunk_idx, chunk_w, masked=masked
+                )
             done += k
             self.position = done
             self.global_step += k
@@ -439,7 +445,15 @@ class Trainer:
                     weight[i : i + 1],
                 )
         else:
-            acc = self._steps.evaluate(self.variables, acc, x, y, idx, weight)
+            # Batches per dispatch as in training: a scan where it pays (MLPs), one batch per
+            # call for convolutional models.
+            per_dispatch = self._dispatch_size(idx.shape[0])
+            for start in range(0, idx.shape[0], per_dispatch):
+                k = per_dispatch if idx.shape[0] - start >= per_dispatch else 1
+                for s in range(start, min(start + per_dispatch, idx.shape[0]), k):
+                    acc = self._steps.evaluate(
+                        self.variables, acc, x, y, idx[s : s + k], weight[s : s + k]
+                    )
         return metrics_lib.compute_collection(acc)
 
     def _require_state(self, what: str) -> None:
