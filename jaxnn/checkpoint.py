@@ -1,17 +1,18 @@
-"""Orbax checkpoints: save, restore-or-init with fall-back, best-N, restore for use.
+"""Orbax checkpoints: save, restore with fall-back past damaged steps, best-N, restore for use.
 
-One checkpoint is a step directory written by ``ocp.CheckpointManager`` (atomically: a
-temporary folder renamed on completion) with two items: ``state``, the arrays (train state and
-the mid-epoch metric accumulator), and ``extra``, JSON (epoch, position in the epoch, callback
-states, ...). Which steps stay on disk is orbax's preservation policy: the latest N plus the
-best K by a monitored metric.
+One checkpoint is a step directory ``<workdir>/checkpoints/<step>`` written by
+``ocp.CheckpointManager`` atomically (into a temporary folder that is renamed when complete, so a
+crash mid-save leaves the earlier checkpoints as they were). It holds two items: ``state``, the
+arrays (a train state, or any pytree such as ``{"train_state": ..., "metrics": ...}``), and
+``extra``, JSON (epoch, history, callback states, position in the data). Which steps stay on disk
+is orbax's preservation policy: the latest N, plus the best K by a monitored metric.
 
 Example::
 
     checkpointer = Checkpointer(workdir, keep_latest=2, keep_best=1, best_metric="val_accuracy")
-    checkpointer.save(step, {"train_state": state}, extra={"epoch": 3}, metrics=logs)
-    restored = checkpointer.restore_latest_good({"train_state": state})   # None: start fresh
-    variables = restore(workdir, "best")                                  # for predict()
+    checkpointer.save(step, state, extra={"epoch": 3}, metrics={"val_accuracy": 0.91})
+    restored = checkpointer.restore_latest_good(state)  # None: no checkpoint, start fresh
+    variables = restore(workdir, "best")  # {"params": ...} for model.apply, no template needed
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -32,22 +33,59 @@ from orbax.checkpoint import checkpoint_managers
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFallbackWarning",
     "CheckpointMismatchError",
     "Checkpointer",
     "load_variables",
     "restore",
 ]
 
+logger = logging.getLogger(__name__)
+
+# The JSON item keeps the ranking metric with each step, so `restore(workdir, "best")` can find
+# the best step without knowing how the run was configured.
+_META_KEY = "_checkpoint"
+_STATE, _EXTRA = "state", "extra"
+
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read."""
+    """A checkpoint could not be written, or none of the checkpoints on disk could be read."""
 
 
 class CheckpointMismatchError(ValueError):
-    """The saved tree's structure, shapes or dtypes differ from what it is restored into."""
+    """The saved tree's structure, shapes or dtypes differ from the tree it is restored into."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was unreadable; an older one is used instead."""
+
+
+class _DropMissingMetricWarning(logging.Filter):
+    """Orbax logs a warning for every save without metrics while a best metric is tracked; mid-epoch
+    saves have none by design, so the line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+_absl_filter = _DropMissingMetricWarning()
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    # Registered up front (not lazily by the first save) so that a fresh manager can read the
+    # metadata of checkpoints written by an earlier process.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state_handler, extra_handler = ocp.StandardCheckpointHandler(), ocp.JsonCheckpointHandler()
+    registry.add(_STATE, ocp.args.StandardSave, state_handler)
+    registry.add(_STATE, ocp.args.StandardRestore, state_handler)
+    registry.add(_EXTRA, ocp.args.JsonSave, extra_handler)
+    registry.add(_EXTRA, ocp.args.JsonRestore, extra_handler)
+    return registry
 
 
 def _path_str(path: Sequence[Any]) -> str:
+    """``(DictKey('params'), DictKey('Dense_0'), ...)`` -> ``"params/Dense_0/..."``; tuple,
+    list and NamedTuple entries by their index or field name, as orbax stores them."""
     parts = []
     for key in path:
         for attr in ("key", "name", "idx"):
@@ -65,19 +103,61 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def _describe(leaf: Any) -> tuple[tuple[int, ...], str]:
-    return tuple(getattr(leaf, "shape", ())), str(np.dtype(getattr(leaf, "dtype", np.float32)))
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), str(np.dtype(leaf.dtype))
+    array = np.asarray(leaf)
+    return array.shape, str(array.dtype)
+
+
+def _default_sharding() -> jax.sharding.Sharding:
+    """The sharding of an array created without placement: the current default device."""
+    return jax.device_put(np.zeros((), np.float32)).sharding
+
+
+def _mismatches(saved_metadata: Any, template: Any) -> list[str]:
+    """Human-readable differences between the saved tree and ``template``, by path."""
+    saved = {key: _describe(leaf) for key, leaf in _flat(saved_metadata).items()}
+    wanted = {key: _describe(leaf) for key, leaf in _flat(template).items()}
+    problems = [f"{key}: missing from the checkpoint" for key in wanted if key not in saved]
+    problems += [
+        f"{key}: in the checkpoint, not in the template" for key in saved if key not in wanted
+    ]
+    for key in sorted(set(saved) & set(wanted)):
+        if saved[key] != wanted[key]:
+            (s_shape, s_dtype), (w_shape, w_dtype) = saved[key], wanted[key]
+            problems.append(f"{key}: saved {s_shape} {s_dtype}, expected {w_shape} {w_dtype}")
+    return problems
+
+
+def _state_metadata(manager: ocp.CheckpointManager, step: int, where: Path) -> Any:
+    metadata = manager.item_metadata(step)
+    state = metadata.get(_STATE) if metadata is not None else None
+    if state is None:
+        raise CheckpointError(f"{where}: no readable metadata for the item {_STATE!r}")
+    return state
 
 
 class Checkpointer:
-    """Keeps a run's checkpoints in ``<workdir>/checkpoints``.
+    """Saves and restores a run's checkpoints in ``<workdir>/checkpoints``.
 
     Args:
-      workdir: the run directory.
-      keep_latest: the N most recent steps always kept.
-      keep_best: the K best steps by ``best_metric`` also kept (saves without it are not).
-      best_metric: the metric name in ``save(..., metrics=)`` that ranks checkpoints.
-      best_mode: ``"max"`` or ``"min"``.
-      async_save: write in a background thread (``wait()`` before exit).
+      workdir: the run directory (created if needed; must be writable).
+      keep_latest: the N most recent steps are always kept.
+      keep_best: the K best steps by ``best_metric`` are also kept (steps saved without the metric,
+        e.g. mid-epoch saves, only survive as one of the latest N).
+      best_metric: the name in ``save(..., metrics=)`` that ranks checkpoints; None: keep only the
+        latest N, and ``best_step()`` is the latest.
+      best_mode: ``"max"`` (higher is better, e.g. accuracy) or ``"min"`` (e.g. loss).
+      async_save: write in a background thread; ``wait()`` (or ``close()``) before exiting.
+
+    Raises:
+      CheckpointError: when ``<workdir>/checkpoints`` cannot be created or written.
+      ValueError: for an invalid ``keep_latest``, ``keep_best`` or ``best_mode``.
+
+    Example::
+
+        with Checkpointer(workdir, best_metric="val_loss", best_mode="min") as checkpointer:
+            checkpointer.save(state_step, state, extra={"epoch": epoch}, metrics=logs)
     """
 
     def __init__(
@@ -87,289 +167,457 @@ class Checkpointer:
         keep_latest: int = 2,
         keep_best: int = 1,
         best_metric: str | None = None,
-        best_mode: str = "max",
+        best_mode: Literal["min", "max"] = "max",
         async_save: bool = True,
     ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode: expected 'max' or 'min'; got {best_mode!r}")
-        if keep_latest < 1:
+        if not isinstance(keep_latest, int) or keep_latest < 1:
             raise ValueError(f"keep_latest: expected an integer >= 1; got {keep_latest!r}")
+        if not isinstance(keep_best, int) or keep_best < 0:
+            raise ValueError(f"keep_best: expected an integer >= 0; got {keep_best!r}")
         self.directory = Path(workdir).absolute() / "checkpoints"
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / ".write_test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as error:
-            raise CheckpointError(
-                f"{self.directory}: cannot write checkpoints here ({error.strerror})"
-            ) from None
-        policies = [checkpoint_managers.LatestN(n=keep_latest)]
-        if best_metric and keep_best:
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self._pending_step: int | None = None
+        self._check_writable()
+
+        policies: list[Any] = [checkpoint_managers.LatestN(n=keep_latest)]
+        best_fn = None
+        if best_metric is not None and keep_best > 0:
+            # A step whose metrics lack the name (a run reconfigured in between) ranks last.
+            worst = -math.inf if best_mode == "max" else math.inf
+
+            def best_fn(metrics: Mapping[str, float]) -> float:
+                return float(metrics.get(best_metric, worst))
+
             policies.append(
                 checkpoint_managers.BestN(
-                    get_metric_fn=lambda metrics: metrics[best_metric],
+                    get_metric_fn=best_fn,
                     reverse=best_mode == "min",
                     n=keep_best,
                     keep_checkpoints_without_metrics=False,
                 )
             )
-        self.best_metric = best_metric
-        self.best_mode = best_mode
+        logging.getLogger("absl").addFilter(_absl_filter)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+                # best_fn is what makes orbax write each step's metrics to disk, so BestN still
+                # ranks the old steps after a restart (without it they read back as None).
+                best_fn=best_fn,
+                best_mode=best_mode,
                 enable_async_checkpointing=async_save,
                 create=True,
             ),
-            item_names=("state", "extra"),
+            handler_registry=_handler_registry(),
         )
 
-    # -------------------------------------------------------------------------- saving
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _check_writable(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".write_test_{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise CheckpointError(
+                f"workdir: cannot write checkpoints to {self.directory} "
+                f"({error.strerror or error}); expected a writable directory"
+            ) from error
+
+    def _save_error(
+        self, step: int | None, error: BaseException, note: str = ""
+    ) -> CheckpointError:
+        cause = error
+        while cause.__cause__ is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            reason = "no space left on the device"
+        elif isinstance(cause, OSError):
+            reason = cause.strerror or str(cause)
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        what = f"checkpoint {step}" if step is not None else "a checkpoint"
+        return CheckpointError(
+            f"{self.directory}: could not save {what} ({reason}); {note}the checkpoints already "
+            f"on disk are intact: {self._finished_steps()}"
+        )
+
+    def _finished_steps(self) -> list[int]:
+        try:
+            self._manager.reload()
+            return sorted(self._manager.all_steps())
+        except Exception:  # noqa: BLE001 - only used to word an error message
+            return []
+
+    # ------------------------------------------------------------------------------- saving
     def save(
         self,
         step: int,
-        tree: Any,
+        state: Any,
         *,
-        extra: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
         metrics: Mapping[str, float] | None = None,
         force: bool = False,
     ) -> bool:
-        """Saves ``tree`` (arrays) and ``extra`` (JSON) as step ``step``; asynchronous.
+        """Saves the pytree ``state`` and the JSON ``extra`` as step ``step``, asynchronously.
+
+        Args:
+          step: the step number (the name of the step directory).
+          state: a pytree of arrays (a ``TrainState``, or a dict of several).
+          extra: JSON-serialisable data: epoch, history, callback states, position in the data.
+          metrics: e.g. the epoch's logs; the ``best_metric`` entry ranks this step for
+            ``keep_best``. Non-finite values are dropped (a NaN is never "best").
+          force: save even if orbax's save-decision policy would skip this step.
+
+        Returns:
+          Whether a save was started: orbax skips (returns False) a step that is not newer than
+          the latest one, unless ``force``; a forced save of an existing step raises.
 
         Raises:
-          CheckpointError: when the directory is not writable or the disk is full; the
-            checkpoints already on disk are untouched (orbax writes to a temporary folder).
+          CheckpointError: when the directory is not writable or the disk is full (also for an
+            earlier asynchronous save that failed); the earlier checkpoints stay intact.
         """
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-            if self.best_metric and self.best_metric not in metrics:
-                metrics = None
-        # The ranking metric also goes into the JSON item, so `restore(workdir, "best")` can
-        # find the best step without knowing how the run was configured.
+            if self.best_metric is None or self.best_metric not in metrics:
+                metrics = None  # BestN then treats the step as unranked
         extra = {
-            **extra,
-            "_checkpoint": {
+            **(extra or {}),
+            _META_KEY: {
                 "metrics": metrics,
                 "best_metric": self.best_metric,
                 "best_mode": self.best_mode,
             },
         }
         try:
-            return self._manager.save(
-                step,
+            started = self._manager.save(
+                int(step),
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree), extra=ocp.args.JsonSave(extra)
+                    **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)}
                 ),
                 metrics=metrics,
                 force=force,
             )
-        except OSError as error:
-            cause = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-            raise CheckpointError(
-                f"{self.directory}: could not save checkpoint {step} ({cause}); the earlier "
-                "checkpoints are intact"
-            ) from error
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            raise ValueError(
+                f"step: a checkpoint {step} already exists in {self.directory}; expected a new "
+                "step number"
+            ) from None
+        except (OSError, ValueError, RuntimeError) as error:
+            # An asynchronous save that failed earlier surfaces here, as well as this one's
+            # synchronous part; tensorstore reports I/O errors as ValueError.
+            failed = self._pending_step if self._pending_step is not None else step
+            self._pending_step = None
+            note = f"checkpoint {step} was not saved either; " if failed != step else ""
+            raise self._save_error(failed, error, note) from error
+        if started:
+            self._pending_step = int(step)
+        return started
 
     def wait(self) -> None:
-        """Blocks until a pending asynchronous save is on disk."""
+        """Blocks until a pending asynchronous save is on disk.
+
+        Raises:
+          CheckpointError: when that save failed (disk full, directory gone or read-only).
+        """
         try:
             self._manager.wait_until_finished()
-        except OSError as error:
-            raise CheckpointError(
-                f"{self.directory}: a checkpoint save failed ({error})"
-            ) from error
+        except (OSError, ValueError, RuntimeError) as error:
+            raise self._save_error(self._pending_step, error) from error
+        finally:
+            self._pending_step = None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self.wait()
-        self._manager.close()
+        """Waits for a pending save, then releases the manager's threads."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
-    # ------------------------------------------------------------------------- reading
+    # ------------------------------------------------------------------------------ reading
     def all_steps(self) -> list[int]:
-        """Steps on disk, oldest first."""
+        """The steps of the finished checkpoints on disk, oldest first (waits for a pending
+        save; temporary folders of interrupted saves are not listed)."""
+        self.wait()
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        """The most recent step, or None."""
+        """The most recent finished step, or None when there is none."""
         steps = self.all_steps()
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """The best step by ``best_metric`` (the latest when no metric was recorded)."""
-        self._manager.reload()
-        return _best_step(self._manager, self.all_steps())
+        """The best step by ``best_metric`` among those saved with it; the latest step when
+        there is no metric; None when there are no checkpoints."""
+        steps = self.all_steps()
+        if self.best_metric is None:
+            return steps[-1] if steps else None
+        return _best_step(self._manager, steps)
 
-    def _check_matches(self, step: int, template: Any) -> None:
-        metadata = self._manager.item_metadata(step)["state"]
-        saved = {k: _describe(v) for k, v in _flat(metadata).items()}
-        wanted = {k: _describe(v) for k, v in _flat(template).items()}
-        problems = [f"{k}: missing from the checkpoint" for k in wanted if k not in saved]
-        problems += [
-            f"{k}: in the checkpoint but not in the model" for k in saved if k not in wanted
-        ]
-        for key in sorted(set(saved) & set(wanted)):
-            if saved[key] != wanted[key]:
-                (s_shape, s_dtype), (w_shape, w_dtype) = saved[key], wanted[key]
-                problems.append(f"{key}: saved {s_shape} {s_dtype}, expected {w_shape} {w_dtype}")
-        if problems:
-            raise CheckpointMismatchError(
-                f"{self.directory / str(step)} does not fit the model: " + "; ".join(problems[:20])
+    def _resolve(self, step: int | str) -> int:
+        steps = self.all_steps()
+        if step == "latest":
+            resolved = steps[-1] if steps else None
+        elif step == "best":
+            resolved = self.best_step()
+        elif isinstance(step, int | np.integer) and not isinstance(step, bool):
+            resolved = int(step)
+        else:
+            raise ValueError(f"step: expected an int, 'latest' or 'best'; got {step!r}")
+        if resolved is None or resolved not in steps:
+            raise FileNotFoundError(
+                f"{self.directory}: no checkpoint {step!r}; the steps on disk are {steps}"
             )
+        return resolved
 
-    def restore(self, template: Any, step: int | str = "latest") -> tuple[Any, dict, int]:
-        """Restores ``step`` (an int, ``"latest"`` or ``"best"``) into ``template``'s structure,
-        shapes, dtypes and shardings; returns ``(tree, extra, step)``.
+    def restore(
+        self, template_state: Any, step: int | Literal["latest", "best"] = "latest"
+    ) -> tuple[Any, dict[str, Any], int]:
+        """Restores a checkpoint into ``template_state``'s structure, shapes and dtypes.
+
+        Leaves of the template that are ``jax.Array`` keep their sharding; other leaves (numpy
+        arrays, ``ShapeDtypeStruct`` without sharding) come back on the default device. The
+        saved tree is compared with the template first, so nothing is restored partially.
+
+        Args:
+          template_state: a pytree like the saved one (e.g. a freshly initialised state).
+          step: a step number, ``"latest"`` or ``"best"``.
+
+        Returns:
+          ``(state, extra, step)``.
 
         Raises:
-          CheckpointMismatchError: naming the keys that differ (nothing is restored).
+          CheckpointMismatchError: naming each key whose shape/dtype differs, is missing or is
+            unexpected.
           FileNotFoundError: when there is no such checkpoint.
         """
-        if step == "latest":
-            step = self.latest_step()
-        elif step == "best":
-            step = self.best_step()
-        if step is None or step not in self.all_steps():
-            raise FileNotFoundError(
-                f"{self.directory}: no checkpoint {step}; have {self.all_steps()}"
+        step = self._resolve(step)
+        where = self.directory / str(step)
+        problems = _mismatches(_state_metadata(self._manager, step, where), template_state)
+        if problems:
+            raise CheckpointMismatchError(
+                f"template_state does not fit the checkpoint {where}: "
+                + "; ".join(problems[:20])
+                + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
             )
-        self._check_matches(step, template)
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        default = _default_sharding()
+
+        def abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+            shape, dtype = _describe(leaf)
+            sharding = getattr(leaf, "sharding", None) or default
+            return jax.ShapeDtypeStruct(shape, np.dtype(dtype), sharding=sharding)
+
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
+                **{
+                    _STATE: ocp.args.StandardRestore(jax.tree.map(abstract, template_state)),
+                    _EXTRA: ocp.args.JsonRestore(),
+                }
             ),
         )
-        extra = dict(restored["extra"])
-        extra.pop("_checkpoint", None)
-        return restored["state"], extra, step
+        extra = dict(restored[_EXTRA])
+        extra.pop(_META_KEY, None)
+        return restored[_STATE], extra, step
 
-    def restore_latest_good(self, template: Any) -> tuple[Any, dict, int] | None:
-        """The newest readable checkpoint, falling back past damaged ones with a warning.
+    def restore_latest_good(self, template_state: Any) -> tuple[Any, dict[str, Any], int] | None:
+        """Restores the newest readable checkpoint, falling back past damaged ones.
 
-        Returns None when there are no checkpoints. A model mismatch is raised, not skipped.
+        A step whose files are truncated, corrupted or missing is skipped with a
+        ``CheckpointFallbackWarning`` (and a log line) naming its directory.
+
+        Args:
+          template_state: as for ``restore``.
+
+        Returns:
+          ``(state, extra, step)``, or None when there are no checkpoints at all.
 
         Raises:
-          CheckpointError: when checkpoints exist but none can be read.
+          CheckpointMismatchError: when the newest readable checkpoint does not fit the template
+            (a different model is not a damaged file; it is never skipped).
+          CheckpointError: when checkpoints exist but none of them can be read.
         """
-        steps = self.all_steps()
         failures = []
-        for step in reversed(steps):
+        for step in reversed(self.all_steps()):
             try:
-                return self.restore(template, step)
+                return self.restore(template_state, step)
             except CheckpointMismatchError:
                 raise
             except Exception as error:  # noqa: BLE001 - a damaged checkpoint: try the previous
-                message = (
-                    f"{self.directory / str(step)}: unreadable ({type(error).__name__}: {error})"
-                )
-                warnings.warn(f"{message}; falling back to the previous checkpoint", stacklevel=2)
-                logging.warning(message)
+                where = self.directory / str(step)
+                message = f"{where}: unreadable checkpoint ({type(error).__name__}: {error})"
                 failures.append(message)
+                logger.warning("%s; falling back to the previous one", message)
+                warnings.warn(
+                    f"{message}; falling back to the previous one",
+                    CheckpointFallbackWarning,
+                    stacklevel=2,
+                )
         if failures:
             raise CheckpointError(
-                "No checkpoint could be read:\n  " + "\n  ".join(failures) + "\nMove the "
-                "checkpoints folder away (or use --config.fresh=True) to start over."
+                f"{self.directory}: none of the {len(failures)} checkpoints can be read:\n  "
+                + "\n  ".join(failures)
+                + "\nMove the folder away to start over, or restore a backup."
             )
         return None
 
 
-def _best_step(manager: ocp.CheckpointManager, steps: list[int]) -> int | None:
+def _best_step(manager: ocp.CheckpointManager, steps: Sequence[int]) -> int | None:
+    """The best step by the metric recorded in each step's JSON item; the latest step when no
+    step has one; skips unreadable steps."""
     best, best_value = None, None
     for step in steps:
         try:
             info = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+            meta = info[_EXTRA].get(_META_KEY) or {}
         except Exception:  # noqa: BLE001 - an unreadable step cannot be the best one
             continue
-        meta = info["extra"].get("_checkpoint", {})
-        metric, metrics = meta.get("best_metric"), meta.get("metrics") or {}
-        if metric is None or metric not in metrics:
+        name, metrics = meta.get("best_metric"), meta.get("metrics") or {}
+        if name is None or name not in metrics:
             continue
-        value = metrics[metric] if meta.get("best_mode") == "max" else -metrics[metric]
+        value = metrics[name] if meta.get("best_mode", "max") == "max" else -metrics[name]
         if best_value is None or value > best_value:
             best, best_value = step, value
-    return best if best is not None else (steps[-1] if steps else None)
+    if best is None and steps:
+        return steps[-1]
+    return best
 
 
-def restore(workdir: str | os.PathLike, which: int | str = "latest") -> dict[str, Any]:
-    """The model variables of a run's checkpoint, ready for ``model.apply`` / ``Trainer``.
+def _restore_state_without_template(workdir: str | os.PathLike, which: int | str) -> Any:
+    directory = Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"workdir: no checkpoints folder in {Path(workdir).absolute()}")
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False),
+        handler_registry=_handler_registry(),
+    )
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"{directory}: no finished checkpoints")
+        if which == "latest":
+            step = steps[-1]
+        elif which == "best":
+            step = _best_step(manager, steps)
+        elif isinstance(which, int | np.integer) and not isinstance(which, bool):
+            step = int(which)
+            if step not in steps:
+                raise FileNotFoundError(f"{directory}: no checkpoint {step}; have {steps}")
+        else:
+            raise ValueError(f"which: expected 'latest', 'best' or a step number; got {which!r}")
+        metadata = _state_metadata(manager, step, directory / str(step))
+        # The saved shardings may name devices this process does not have (saved on 8, read on
+        # 1): ask for every array whole on the default device instead.
+        device = _default_sharding()
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata
+        )
+        return manager.restore(
+            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
+        )[_STATE]
+    finally:
+        manager.close()
 
-    Needs no template and works with any number of devices: arrays are restored onto this
-    process's first device whatever the sharding they were saved with.
+
+def restore(
+    workdir: str | os.PathLike, which: int | Literal["best", "latest"] = "latest"
+) -> dict[str, Any]:
+    """The model variables of a run's checkpoint, ready for ``model.apply``.
+
+    Needs no template: shapes and dtypes come from the checkpoint's metadata, and every array is
+    restored whole onto the current default device, whatever the number of devices or the
+    sharding it was saved with.
 
     Args:
       workdir: the run directory (the one holding ``checkpoints/``).
-      which: ``"latest"``, ``"best"`` or a step number.
+      which: ``"latest"``, ``"best"`` (by the metric the run ranked checkpoints with) or a step.
 
     Returns:
-      ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` only when the model has any).
+      ``{"params": ..., "batch_stats": ...}``; ``batch_stats`` only when the model has any.
+
+    Raises:
+      FileNotFoundError: when there is no such checkpoint.
+      CheckpointError: when the checkpoint holds no ``params``.
+
+    Example::
+
+        variables = restore("checkpoints/mnist_mlp", "best")
+        logits = model.apply(variables, x, train=False)
     """
-    directory = Path(workdir).absolute() / "checkpoints"
-    manager = ocp.CheckpointManager(
-        directory,
-        item_names=("state", "extra"),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
-    steps = sorted(manager.all_steps())
-    if not steps:
-        raise FileNotFoundError(f"{directory}: no checkpoints")
-    if which == "latest":
-        step = steps[-1]
-    elif which == "best":
-        step = _best_step(manager, steps)
-    else:
-        step = int(which)
-        if step not in steps:
-            raise FileNotFoundError(f"{directory}: no checkpoint {step}; have {steps}")
-    metadata = manager.item_metadata(step)["state"]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )["state"]
-    manager.close()
-    train_state = restored["train_state"] if "train_state" in restored else restored
-    variables = {"params": train_state["params"]}
-    if train_state.get("batch_stats"):
-        variables["batch_stats"] = train_state["batch_stats"]
+    saved = _restore_state_without_template(workdir, which)
+    state = saved.get("train_state", saved) if isinstance(saved, Mapping) else saved
+    if not isinstance(state, Mapping) or "params" not in state:
+        found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(
+            f"workdir: the checkpoint in {workdir} holds no 'params' (expected a train state, "
+            f"or {{'train_state': ...}}); found {found}"
+        )
+    variables = {"params": state["params"]}
+    if state.get("batch_stats"):
+        variables["batch_stats"] = state["batch_stats"]
     return variables
 
 
 def load_variables(
-    workdir: str | os.PathLike, names: Sequence[str], into_params: Any, which: int | str = "best"
-) -> Any:
-    """Copies the named top-level layers (``"Conv_0"``, ...) of a run's checkpoint into
-    ``into_params`` (fine-tuning); the other layers keep their fresh initialisation.
+    workdir: str | os.PathLike,
+    names: Sequence[str],
+    into_params: Mapping[str, Any],
+    *,
+    which: int | Literal["best", "latest"] = "best",
+) -> dict[str, Any]:
+    """Copies the named top-level layers of a run's checkpoint into freshly initialised params,
+    for fine-tuning; the other layers keep their initialisation.
+
+    Args:
+      workdir: the run to copy from.
+      names: top-level layer names, e.g. ``("Conv_0", "Conv_1")``.
+      into_params: the new model's ``params`` (not modified).
+      which: the checkpoint: ``"best"``, ``"latest"`` or a step.
+
+    Returns:
+      A new params dict: ``into_params`` with the named layers replaced by the saved ones.
 
     Raises:
-      ValueError: for a layer the checkpoint lacks (listing the available ones) or whose shapes
-        differ from the new model's.
+      KeyError: for a name not in the checkpoint or not in ``into_params``, listing those there.
+      ValueError: when a layer's shapes or dtypes differ, naming the layer and the array.
+
+    Example::
+
+        params = load_variables("checkpoints/pretrain", ["Conv_0", "Conv_1"], state.params)
     """
+    if isinstance(names, str):
+        raise TypeError(f"names: expected a sequence of layer names; got the string {names!r}")
     saved = restore(workdir, which)["params"]
     params = dict(into_params)
     for name in names:
         if name not in saved:
-            raise ValueError(
-                f"init_from.layers: {name!r} is not in {workdir}; have {sorted(saved)}"
+            raise KeyError(
+                f"names: the checkpoint in {workdir} has no layer {name!r}; "
+                f"available layers: {sorted(saved)}"
             )
         if name not in params:
-            raise ValueError(
-                f"init_from.layers: the model has no layer {name!r}; has {sorted(params)}"
+            raise KeyError(
+                f"names: into_params has no layer {name!r}; its layers: {sorted(params)}"
             )
-        old, new = _flat(saved[name]), _flat(params[name])
-        for key in new:
-            if key not in old or _describe(old[key]) != _describe(new[key]):
-                raise ValueError(
-                    f"init_from.layers: {name}/{key} is saved as "
-                    f"{_describe(old[key]) if key in old else 'missing'}; the model needs "
-                    f"{_describe(new[key])}"
-                )
-        params[name] = jax.tree_util.tree_map(
-            lambda s, n: jax.numpy.asarray(s, n.dtype), saved[name], params[name]
+        problems = _mismatches(saved[name], params[name])
+        if problems:
+            raise ValueError(
+                f"names: layer {name!r} of {workdir} does not fit into_params: "
+                + "; ".join(f"{name}/{problem}" for problem in problems)
+            )
+        params[name] = jax.tree.map(
+            lambda old, new: jax.device_put(old, getattr(new, "sharding", None)),
+            saved[name],
+            params[name],
         )
     return params

@@ -154,6 +154,7 @@ class Trainer:
         # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
         # mid-epoch stores both, and ``resume_mid_epoch`` puts them back for an exact resume.
         self.position = 0
+        self.steps_per_epoch = 0  # of the current fit
         self.global_step = 0  # optimizer steps so far (= state.step), kept on the host
         self._resume_acc: dict[str, Any] | None = None
         self.stop_training = False
@@ -327,6 +328,7 @@ class Trainer:
         x_dev, y_dev = self._place(x), self._place(y)
         val_dev = (self._place(x_val), self._place(y_val)) if x_val is not None else None
         per_dispatch = self._dispatch_size(steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
         data_key = rng_streams(self.seed)["data"]
 
         callbacks = list(callbacks)

@@ -12,7 +12,14 @@ def train_validation_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Carves a validation set out of the training split, chosen by a permutation from ``seed``.
 
-    Returns ``(x_train, y_train, x_val, y_val)``; the test split is never touched.
+    Args:
+      x, y: the training split's inputs and labels (same length).
+      validation_split: the fraction held out, in [0, 1); 0 gives empty validation arrays.
+      seed: the permutation's seed; the same seed gives the same split.
+
+    Returns:
+      ``(x_train, y_train, x_val, y_val)``, each part in its original order; the test split is
+      never touched.
 
     Raises:
       ValueError: when ``validation_split`` is not in [0, 1) or leaves an empty part.
@@ -32,12 +39,24 @@ def train_validation_split(
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 images → float32 in [0, 1]."""
+    """uint8 images -> float32 in [0, 1] (divided by 255).
+
+    Raises:
+      ValueError: ``images`` that are not uint8.
+    """
+    if np.asarray(images).dtype != np.uint8:
+        raise ValueError(
+            f"images: expected uint8 values in [0, 255]; got {np.asarray(images).dtype}"
+        )
     return np.asarray(images, np.float32) / np.float32(255.0)
 
 
 def channel_stats(train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of the training images (NHWC)."""
+    """Per-channel mean and standard deviation of the TRAINING images ``(N, H, W, C)``.
+
+    Returns:
+      ``(mean, std)``, float32 of shape ``(C,)``; std is at least 1e-7 (constant channels).
+    """
     axes = tuple(range(train_images.ndim - 1))
     mean = train_images.mean(axis=axes, dtype=np.float64)
     std = train_images.std(axis=axes, dtype=np.float64)
@@ -45,5 +64,16 @@ def channel_stats(train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``(images − mean) / std`` per channel, float32."""
+    """``(images - mean) / std`` per channel (the last axis), float32.
+
+    Raises:
+      ValueError: ``mean`` or ``std`` whose shape is not ``(C,)`` for C channels.
+    """
+    channels = np.shape(images)[-1]
+    for name, value in (("mean", mean), ("std", std)):
+        if np.shape(value) != (channels,):
+            raise ValueError(
+                f"{name}: expected shape ({channels},) for {channels} channels; "
+                f"got {np.shape(value)}"
+            )
     return ((np.asarray(images, np.float32) - mean) / std).astype(np.float32)

@@ -8,13 +8,18 @@ import dataclasses
 import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Splits", "from_arrays", "load_csv", "make_classification", "make_regression"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Train / validation / test arrays and the standardisation fitted on train (or None)."""
+    """Train / validation / test arrays and the standardisation fitted on train.
+
+    ``x_val``/``y_val`` are None without a validation split; ``x_test``/``y_test`` have zero rows
+    without a test split; ``mean``/``std`` are None when ``standardize=False``.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -27,16 +32,35 @@ class Splits:
 
 
 def from_arrays(
-    x,
-    y,
+    x: ArrayLike,
+    y: ArrayLike,
     *,
     validation_split: float = 0.0,
     test_split: float = 0.0,
     standardize: bool = True,
     seed: int = 0,
 ) -> Splits:
-    """Splits (x, y) by a permutation from ``seed`` and standardises features with the training
-    split's mean and standard deviation (validation and test use the same statistics)."""
+    """Splits ``(x, y)`` by a permutation from ``seed`` and standardises the features with the
+    TRAINING split's mean and standard deviation (validation and test reuse those statistics).
+
+    Args:
+      x: features ``(N, F)``.
+      y: targets ``(N, ...)``.
+      validation_split, test_split: fractions in [0, 1) with a sum below 1.
+      standardize: whether to standardise the features.
+      seed: the permutation's seed.
+
+    Returns:
+      ``Splits`` with float32 features.
+
+    Raises:
+      ValueError: a non-2-D ``x``, lengths that differ, or fractions out of range.
+
+    Example::
+
+        x, y, w = make_regression()
+        splits = from_arrays(x, y, validation_split=0.1, test_split=0.2)
+    """
     x = np.asarray(x, np.float32)
     y = np.asarray(y)
     if x.ndim != 2:
@@ -72,29 +96,49 @@ def from_arrays(
 
 
 def load_csv(path: str | os.PathLike, target: str = "target", **kwargs) -> Splits:
-    """Reads a numeric CSV with a header; ``target`` names the label column; ``from_arrays``
-    keyword arguments split and standardise."""
+    """Reads a numeric CSV file with a header row and splits it like ``from_arrays``.
+
+    Args:
+      path: the CSV file (comma-separated, first row the column names, numbers only).
+      target: the name of the label column; every other column is a feature.
+      **kwargs: ``validation_split``, ``test_split``, ``standardize``, ``seed`` of ``from_arrays``.
+
+    Returns:
+      ``Splits`` with float32 features and labels.
+
+    Raises:
+      ValueError: an empty file, no column ``target`` (the message lists the columns), ragged
+        rows or non-numeric values (the message names the file).
+    """
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise ValueError(f"{path}: empty CSV file")
-    header, body = rows[0], rows[1:]
+        rows = [row for row in csv.reader(f) if row]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header row and data rows; got {len(rows)} row(s)")
+    header, body = [name.strip() for name in rows[0]], rows[1:]
     if target not in header:
         raise ValueError(f"target: no column {target!r} in {path}; columns: {header}")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}: line {line} has {len(row)} values; the header has {len(header)} columns"
+            )
     try:
         values = np.asarray(body, np.float64)
     except ValueError as error:
         raise ValueError(f"{path}: non-numeric value ({error})") from None
     column = header.index(target)
     x = np.delete(values, column, axis=1)
-    y = values[:, column]
-    if np.all(y == np.round(y)) and len(np.unique(y)) <= 2:
-        y = y.astype(np.float32)  # binary labels stay 0/1 floats for binary cross-entropy
-    return from_arrays(x, y.astype(np.float32), **kwargs)
+    return from_arrays(x, values[:, column].astype(np.float32), **kwargs)
 
 
-def make_regression(n: int = 1000, n_features: int = 10, noise: float = 0.1, seed: int = 0):
-    """``y = x·w + noise·ε`` with standard normal x, w and ε; returns ``(x, y, w)``."""
+def make_regression(
+    n: int = 1000, n_features: int = 10, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A linear regression set with a known signal: ``y = x·w + noise·ε``, x, w, ε standard normal.
+
+    Returns:
+      ``(x, y, w)``: float32 ``(n, n_features)``, ``(n,)`` and the true weights ``(n_features,)``.
+    """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, n_features)).astype(np.float32)
     w = rng.normal(size=(n_features,)).astype(np.float32)
@@ -102,8 +146,15 @@ def make_regression(n: int = 1000, n_features: int = 10, noise: float = 0.1, see
     return x, y, w
 
 
-def make_classification(n: int = 1000, n_features: int = 20, seed: int = 0):
-    """Binary labels ``y = [x·w + 0.1·ε > 0]`` with a known direction w; returns ``(x, y, w)``."""
+def make_classification(
+    n: int = 1000, n_features: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A binary set with a known signal: ``y = [x·w + 0.1·ε > 0]``, x, w, ε standard normal.
+
+    Returns:
+      ``(x, y, w)``: float32 ``(n, n_features)``, float32 0/1 labels ``(n,)`` and the true
+      direction ``(n_features,)``.
+    """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, n_features)).astype(np.float32)
     w = rng.normal(size=(n_features,)).astype(np.float32)
