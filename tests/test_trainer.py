@@ -225,3 +225,25 @@ def test_unknown_names_list_the_valid_ones():
         Trainer(MLP(), optimizer="adamm")
     with pytest.raises(ValueError, match=r"activation: unknown name 'rel'"):
         Trainer(MLP(activation="rel")).fit(X, Y, verbose=0)
+
+
+def test_streaming_from_the_host_gives_the_same_result_as_device_resident_data():
+    """Data over device_data_limit_bytes stays on the host and is copied batch-chunk by chunk."""
+    x, y = blobs(n=50)
+    results = []
+    for limit in (2**40, 0):  # everything on device / everything streamed
+        trainer = Trainer(
+            MLP(features=(8,), num_outputs=3, batch_norm=True),
+            seed=0,
+            steps_per_dispatch=4,
+            device_data_limit_bytes=limit,
+        )
+        history = trainer.fit(x, y, epochs=2, batch_size=8, validation_split=0.2, verbose=0)
+        results.append((trainer.state.params, history["val_loss"], trainer.evaluate(x, y)))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        results[0][0],
+        results[1][0],
+    )
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+    assert results[0][2]["accuracy"] == results[1][2]["accuracy"]
