@@ -6,6 +6,7 @@ No timing is asserted: the figures depend on the machine and its load.
 import gzip
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,28 @@ def test_read_idx_parses_the_mnist_file_format(tmp_path):
     path = tmp_path / "images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(header + images.tobytes()))
     np.testing.assert_array_equal(benchmark._read_idx(path), images)
+
+
+def test_data_benchmark_reports_pipeline_and_training_throughput():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.data_benchmark",
+            "--examples=2048",
+            "--cnn-examples=256",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = {}
+    for line in result.stdout.splitlines():
+        if "examples/s" in line:
+            name, value = line.split(":")
+            rates[name.strip()] = float(value.split()[0].replace(",", ""))
+    assert set(rates) == {"batching", "batching + augmentation", "MLP training", "CNN training"}
+    assert all(v > 0 and math.isfinite(v) for v in rates.values())
