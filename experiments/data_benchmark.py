@@ -47,6 +47,7 @@ def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
 
     n = x.shape[0]
     steps = n // BATCH
+    per_dispatch = min(PER_DISPATCH, steps)
 
     @jax.jit
     def chunk(key, x, idx):
@@ -65,11 +66,11 @@ def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
         key = jax.random.key(counter[0])
         order = jax.random.permutation(key, n)[: steps * BATCH].reshape(steps, BATCH)
         total = 0.0
-        for start in range(0, steps - PER_DISPATCH + 1, PER_DISPATCH):
-            total = total + chunk(key, x, order[start : start + PER_DISPATCH])
+        for start in range(0, steps - per_dispatch + 1, per_dispatch):
+            total = total + chunk(key, x, order[start : start + per_dispatch])
         jax.block_until_ready(total)
 
-    used = (steps // PER_DISPATCH) * PER_DISPATCH * BATCH
+    used = (steps // per_dispatch) * per_dispatch * BATCH
     return _epoch_rate(run_epoch, used)
 
 
