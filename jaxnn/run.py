@@ -106,6 +106,9 @@ def base_config() -> ConfigDict:
             "min_delta": 1e-4,
         }
     )
+    # Fine-tuning: copy these layers from another run's best checkpoint (freeze them with
+    # optimizer.freeze, e.g. ("Conv_0", "Conv_1")).
+    c.init_from = ConfigDict({"workdir": "", "layers": ("",)})
     c.checkpoint = ConfigDict({"enabled": True, "every_steps": 0, "keep_latest": 2, "keep_best": 1})
     return c
 
@@ -331,6 +334,13 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     steps_per_epoch = -(-n // config.batch_size)
     trainer.initialize(dataset.x_train[:1], steps_per_epoch=steps_per_epoch, epochs=config.epochs)
     _print(report.model_summary(model, trainer.variables, dataset.x_train.shape[1:]))
+    if config.init_from.workdir:
+        from jaxnn.checkpoint import load_variables
+
+        layers = [name for name in config.init_from.layers if name]
+        params = load_variables(config.init_from.workdir, layers, trainer.state.params)
+        trainer.state = trainer.state.replace(params=params)
+        _print(f"Initialised {layers} from {config.init_from.workdir} (best checkpoint).")
 
     validation = dataset.x_val is not None
     monitor = config.monitor if validation else config.monitor.removeprefix("val_")

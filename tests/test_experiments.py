@@ -192,3 +192,25 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
     config = run_lib.base_config()
     with pytest.raises(PermissionError, match="workdir.*not writable"):
         run_lib.run(config, blocker / "run")
+
+
+def test_fine_tuning_copies_layers_from_another_run_and_freezes_them(sources, tmp_path):
+    from experiments import fashion_mnist_cnn
+    from jaxnn import checkpoint
+
+    base = tiny(fashion_mnist_cnn.get_config(), sources, tmp_path)
+    base.epochs = 1
+    run_lib.run(base, tmp_path / "pretrained")
+    pretrained = checkpoint.restore(tmp_path / "pretrained", "best")["params"]
+    tuned = tiny(fashion_mnist_cnn.get_config(), sources, tmp_path)
+    tuned.epochs = 1
+    tuned.seed = 7  # a different initialisation for the layers that are not copied
+    tuned.init_from.workdir = str(tmp_path / "pretrained")
+    tuned.init_from.layers = ("Conv_0", "Conv_1")
+    tuned.optimizer.freeze = ("Conv_0", "Conv_1")
+    run_lib.run(tuned, tmp_path / "tuned")
+    params = checkpoint.restore(tmp_path / "tuned", "latest")["params"]
+    for layer in ("Conv_0", "Conv_1"):  # copied, then frozen: unchanged by training
+        for key in ("kernel", "bias"):
+            np.testing.assert_array_equal(params[layer][key], pretrained[layer][key])
+    assert not np.array_equal(params["Dense_1"]["kernel"], pretrained["Dense_1"]["kernel"])
