@@ -553,10 +553,15 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
         try:
             run(flags.FLAGS.config, flags.FLAGS.workdir)
         except KeyboardInterrupt:
-            _print(
-                f"Interrupted: the state is saved in {flags.FLAGS.workdir}/checkpoints. Resume "
-                f"with the same command: python -m {_module_name()} {' '.join(sys.argv[1:])}"
-            )
+            command = f"python -m {_module_name()} {' '.join(sys.argv[1:])}".rstrip()
+            saved = Path(flags.FLAGS.workdir, "checkpoints")
+            if saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir()):
+                _print(
+                    f"Interrupted: the state is saved in {saved}. Resume with the same "
+                    f"command: {command}"
+                )
+            else:
+                _print(f"Interrupted before the first checkpoint; rerun to start: {command}")
             sys.exit(130)
         except (ValueError, PermissionError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)

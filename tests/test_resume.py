@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,40 @@ def metric_rows(workdir: Path) -> list[dict[str, str]]:
         return [
             {k: v for k, v in row.items() if not k.endswith("_time_s")} for row in csv.DictReader(f)
         ]
+
+
+def test_sigint_saves_says_how_to_resume_and_the_rerun_continues(reference):
+    root, expected = reference
+    workdir = root / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAXNN_DATA_DIR": str(root / "src")}
+    command = [
+        sys.executable, "-m", "experiments.fashion_mnist_mlp", f"--workdir={workdir}",
+        f"--config.dataset.data_dir={root / 'tfds'}", "--config.epochs=400",
+        "--config.batch_size=8", "--config.model.features=(16,)",
+    ]  # fmt: skip
+    child = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = 120
+    while deadline and not (workdir / "metrics.csv").exists():  # training is under way
+        time.sleep(0.5)
+        deadline -= 0.5
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert "Resume with the same command: python -m experiments.fashion_mnist_mlp" in out
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps, "no checkpoint was saved on SIGINT"
+    # The interrupted run saved the step it was at (mid-epoch), beyond the last epoch end.
+    rows = (workdir / "metrics.csv").read_text().splitlines()[1:]
+    assert max(steps) >= 8 * len(rows)
+    # Rerunning resumes (here asked to stop one epoch later so that the test ends quickly).
+    rerun = subprocess.run(
+        [*command, f"--config.epochs={len(rows) + 1}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Resuming from checkpoint" in rerun.stdout
