@@ -84,8 +84,8 @@ def main() -> None:
             else []
         )
         print(
-            f"trial {trial + 1:2d}: killed after {delay:5.1f} s "
-            f"({'killed' if killed else 'had finished'}), resumed -> "
+            f"trial {trial + 1:2d}: SIGKILL at {delay:5.1f} s "
+            f"({'killed mid-run' if killed else 'the run had already finished'}), resumed -> "
             f"{'bitwise identical' if ok else 'DIFFERENT'} (checkpoints on disk: {steps})",
             flush=True,
         )
