@@ -106,9 +106,9 @@ def base_config() -> ConfigDict:
             "min_delta": 1e-4,
         }
     )
-    # Fine-tuning: copy these layers from another run's best checkpoint (freeze them with
-    # optimizer.freeze, e.g. ("Conv_0", "Conv_1")).
-    c.init_from = ConfigDict({"workdir": "", "layers": ("",)})
+    # Fine-tuning: copy these layers from another run's best checkpoint; freeze=True also gives
+    # them zero updates (adds them to optimizer.freeze).
+    c.init_from = ConfigDict({"workdir": "", "layers": ("",), "freeze": False})
     c.checkpoint = ConfigDict({"enabled": True, "every_steps": 0, "keep_latest": 2, "keep_best": 1})
     return c
 
@@ -226,6 +226,14 @@ def build_model(cfg: ConfigDict, num_outputs: int) -> models.MLP | models.CNN:
     raise ValueError(f"model.name: expected 'mlp' or 'cnn'; got {cfg.name!r}")
 
 
+def _optimizer_config(config: ConfigDict) -> dict[str, Any]:
+    optimizer = config.optimizer.to_dict()
+    if config.init_from.workdir and config.init_from.freeze:
+        layers = tuple(name for name in config.init_from.layers if name)
+        optimizer["freeze"] = tuple(dict.fromkeys((*optimizer.get("freeze", ()), *layers)))
+    return optimizer
+
+
 def _augment_fn(cfg: ConfigDict) -> Callable | None:
     options = cfg.to_dict()
     if not any(options.values()):
@@ -324,7 +332,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     trainer = Trainer(
         model,
         loss=config.loss,
-        optimizer=config.optimizer.to_dict(),
+        optimizer=_optimizer_config(config),
         metrics=tuple(config.metrics),
         seed=config.seed,
         augment=_augment_fn(config.augment),

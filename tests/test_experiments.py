@@ -207,7 +207,7 @@ def test_fine_tuning_copies_layers_from_another_run_and_freezes_them(sources, tm
     tuned.seed = 7  # a different initialisation for the layers that are not copied
     tuned.init_from.workdir = str(tmp_path / "pretrained")
     tuned.init_from.layers = ("Conv_0", "Conv_1")
-    tuned.optimizer.freeze = ("Conv_0", "Conv_1")
+    tuned.init_from.freeze = True
     run_lib.run(tuned, tmp_path / "tuned")
     params = checkpoint.restore(tmp_path / "tuned", "latest")["params"]
     for layer in ("Conv_0", "Conv_1"):  # copied, then frozen: unchanged by training
