@@ -421,9 +421,11 @@ class Checkpoint(Callback):
     def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
         step = trainer.global_step  # counted on the host: no device sync per dispatch
         every = self.every_steps
-        # The epoch's end saves its last step itself, with the epoch's logs and callback states.
-        epoch_end = steps_done == trainer.steps_per_epoch
-        due = every and not epoch_end and step // every > self._last_saved_step // every
+        # The epoch's end saves its last step itself, with the epoch's logs and callback states
+        # (a stop requested now is honoured there), so the same step is never saved twice.
+        if steps_done == trainer.steps_per_epoch:
+            return
+        due = every and step // every > self._last_saved_step // every
         if self.stop_requested or due:
             self.save(trainer, metrics)
         if self.stop_requested:

@@ -159,7 +159,6 @@ class Trainer:
         self._resume_acc: dict[str, Any] | None = None
         self.stop_training = False
         self._steps: Steps | None = None
-        self._tx: optax.GradientTransformation | None = None
         self._built_for: tuple[int, int | None] | None = None
         self._input_shape: tuple[int, ...] | None = None
         self._num_outputs: int | None = None
@@ -236,7 +235,6 @@ class Trainer:
             tx = self.optimizer
         else:
             tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
-        self._tx = tx
         if self.state is None:
             sample = jnp.zeros((1, *self._input_shape), jnp.float32)
             self.state = create_train_state(self.model, tx, sample, seed=self.seed)
