@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from jaxnn import callbacks as callbacks_lib
-from jaxnn import models, optim, report
+from jaxnn import losses, models, optim, report
 from jaxnn.trainer import Trainer
 
 __all__ = ["Dataset", "base_config", "build_model", "load_dataset", "main", "run"]
@@ -244,9 +244,10 @@ def _augment_fn(cfg: ConfigDict) -> Callable | None:
 
 
 def _num_outputs(config: ConfigDict, dataset: Dataset) -> int:
-    if config.loss in ("binary_crossentropy",):
+    task = losses.get(config.loss).task  # the loss registry knows each loss's task
+    if task == "binary":
         return 1
-    if config.loss in ("mse", "mae", "mean_squared_error", "mean_absolute_error"):
+    if task == "regression":
         return 1 if dataset.y_train.ndim == 1 else int(dataset.y_train.shape[1])
     if dataset.class_names:
         return len(dataset.class_names)
@@ -468,11 +469,7 @@ def _finish(config, workdir, trainer, dataset, history, monitor, start) -> dict[
             report.plot_learning_curves(
                 history, workdir / "learning_curves.png", first_metric, title=config.name
             )
-        if config.loss in (
-            "sparse_categorical_crossentropy",
-            "categorical_crossentropy",
-            "binary_crossentropy",
-        ):
+        if trainer.loss.task != "regression":
             probabilities = trainer.predict(dataset.x_test)
             if probabilities.shape[1] == 1:
                 predicted = (probabilities[:, 0] > 0.5).astype(np.int64)

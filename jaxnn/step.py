@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxnn import metrics as metrics_lib
-from jaxnn import optim
 from jaxnn.losses import Loss, weighted_mean
 from jaxnn.state import TrainState
 
@@ -190,8 +189,3 @@ def split_train_metrics(acc: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     """Splits a train accumulator into (metrics, NaN/Inf step count, first such step or -1)."""
     metrics = {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}
     return metrics, int(acc[NONFINITE]), int(acc[FIRST_NONFINITE])
-
-
-def current_learning_rate(state: TrainState) -> Array:
-    """The effective learning rate stored in ``state.opt_state`` (see ``jaxnn.optim``)."""
-    return optim.current_learning_rate(state.opt_state)

@@ -447,13 +447,15 @@ class Trainer:
         else:
             # Batches per dispatch as in training: a scan where it pays (MLPs), one batch per
             # call for convolutional models.
-            per_dispatch = self._dispatch_size(idx.shape[0])
-            for start in range(0, idx.shape[0], per_dispatch):
-                k = per_dispatch if idx.shape[0] - start >= per_dispatch else 1
-                for s in range(start, min(start + per_dispatch, idx.shape[0]), k):
-                    acc = self._steps.evaluate(
-                        self.variables, acc, x, y, idx[s : s + k], weight[s : s + k]
-                    )
+            num_batches = idx.shape[0]
+            per_dispatch = self._dispatch_size(num_batches)
+            done = 0
+            while done < num_batches:
+                k = per_dispatch if num_batches - done >= per_dispatch else 1
+                acc = self._steps.evaluate(
+                    self.variables, acc, x, y, idx[done : done + k], weight[done : done + k]
+                )
+                done += k
         return metrics_lib.compute_collection(acc)
 
     def _require_state(self, what: str) -> None:
