@@ -327,7 +327,7 @@ def run_flax(workload: str, data: dict, log: EpochLog) -> dict:
         @nn.compact
         def __call__(self, x, train: bool):
             for features in (32, 64):
-                x = nn.Conv(features, (3, 3), padding="SAME")(x)
+                x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False)(x)
                 x = nn.BatchNorm(use_running_average=not train)(x)
                 x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
             x = x.reshape((x.shape[0], -1))
@@ -438,8 +438,10 @@ def run_torch(workload: str, data: dict, log: EpochLog) -> dict:
         )  # fmt: skip
     else:
         model = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Dropout(0.4),
             nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
             nn.Linear(128, 10),
@@ -551,7 +553,7 @@ def run_keras(workload: str, data: dict, log: EpochLog) -> dict:
         body = []
         for filters in (32, 64):
             body += [
-                layers.Conv2D(filters, 3, padding="same"),
+                layers.Conv2D(filters, 3, padding="same", use_bias=False),
                 layers.BatchNormalization(),
                 layers.ReLU(),
                 layers.MaxPooling2D(2),

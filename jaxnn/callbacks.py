@@ -318,8 +318,9 @@ class ReduceLROnPlateau(_Monitor):
 class CSVLogger(Callback):
     """Writes ``metrics.csv``: one row per epoch with every logged value.
 
-    The file is rewritten atomically from the rows kept in memory (and in checkpoints, through
-    ``state_dict``), so a resumed run's file has each epoch exactly once.
+    Process 0 writes it in a multi-process run. The file is rewritten atomically from the rows
+    kept in memory (and in checkpoints, through ``state_dict``), so a resumed run's file has each
+    epoch exactly once.
     """
 
     def __init__(self, path: str):
@@ -330,6 +331,8 @@ class CSVLogger(Callback):
         from jaxnn.report import atomic_write_text
 
         self.rows.append({"epoch": epoch + 1, **logs})
+        if jax.process_index() != 0:  # every process keeps the rows; process 0 writes them
+            return
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
         lines = [",".join(columns)]
         lines += [",".join(repr(row.get(c, "")) for c in columns) for row in self.rows]
@@ -356,9 +359,12 @@ class TensorBoardLogger(Callback):
     def on_train_begin(self, trainer: Trainer) -> None:
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(self.logdir)
+        if jax.process_index() == 0:  # one writer in a multi-process run
+            self._writer = SummaryWriter(self.logdir)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self._writer is None:
+            return
         for key, value in logs.items():
             if key.startswith("val_"):
                 tag = f"{key[4:]}/validation"

@@ -130,7 +130,7 @@ class MLP(nn.Module):
       num_outputs: width of the output layer (the logits).
       activation: a name from ``ACTIVATIONS`` or a callable.
       dropout_rate: dropout after each hidden activation (0 disables it).
-      batch_norm: BatchNorm between each hidden Dense and its activation.
+      batch_norm: BatchNorm between each hidden Dense (then without bias) and its activation.
       kernel_init: a name from ``INITIALIZERS`` or an initialiser.
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32 and
         the logits are returned as float32.
@@ -150,7 +150,9 @@ class MLP(nn.Module):
         init = get_initializer(self.kernel_init)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width in self.features:
-            x = nn.Dense(width, kernel_init=init, dtype=self.dtype)(x)
+            # No bias before BatchNorm (it subtracts the mean): Flax's ResNet does the same, and a
+            # bias there only gets gradient noise.
+            x = nn.Dense(width, use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype)(x)
             if self.batch_norm:
                 x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
             x = act(x)
@@ -175,7 +177,7 @@ class CNN(nn.Module):
       num_outputs: width of the output layer (the logits).
       activation: a name from ``ACTIVATIONS`` or a callable.
       dropout_rate: dropout between Flatten and the first Dense (0 disables it).
-      batch_norm: BatchNorm after each convolution.
+      batch_norm: BatchNorm after each convolution (then without bias).
       kernel_init: a name from ``INITIALIZERS`` or an initialiser.
       dtype: computation dtype; parameters stay float32, logits are float32.
     """
@@ -207,6 +209,7 @@ class CNN(nn.Module):
                 channels,
                 (self.kernel_size, self.kernel_size),
                 padding=self.padding,
+                use_bias=not self.batch_norm,  # BatchNorm's offset takes its place
                 kernel_init=init,
                 dtype=self.dtype,
             )(x)

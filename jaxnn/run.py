@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from jaxnn import callbacks as callbacks_lib
-from jaxnn import losses, models, optim, report
+from jaxnn import losses, models, optim, report, sharding
 from jaxnn.trainer import Trainer
 
 __all__ = ["Dataset", "base_config", "build_model", "load_dataset", "main", "run"]
@@ -305,8 +305,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     workdir = Path(workdir)
     _check_workdir(workdir)
-    if config.fresh:
+    if config.fresh and jax.process_index() == 0:
         _clear_run(workdir)
+    _sync("cleared workdir")
     summary_path = workdir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -316,13 +317,16 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         )
         _print(json.dumps(summary, indent=2, sort_keys=True))
         return summary
-    report.dump_json(workdir / "config.json", json.loads(config.to_json()))
+    if jax.process_index() == 0:
+        report.dump_json(workdir / "config.json", json.loads(config.to_json()))
 
     devices = jax.devices()
     _print(
-        f"Devices: {len(devices)} x {devices[0].device_kind} ({devices[0].platform}): "
-        f"{[str(d) for d in devices]}"
+        f"Devices: {len(devices)} x {devices[0].device_kind} ({devices[0].platform}) in "
+        f"{jax.process_count()} process(es): {[str(d) for d in devices]}"
     )
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size("batch_size", config.batch_size, mesh)
     dataset = load_dataset(config.dataset, config.seed)
     _print(
         f"Data: {len(dataset.x_train)} train, "
@@ -338,6 +342,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         seed=config.seed,
         augment=_augment_fn(config.augment),
         steps_per_dispatch=config.steps_per_dispatch or "auto",
+        mesh=mesh,
     )
     n = len(dataset.x_train)
     steps_per_epoch = -(-n // config.batch_size)
@@ -399,18 +404,45 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
         callbacks.append(checkpoint)  # last: it saves what the others updated
         _STOP_HANDLERS[:] = [checkpoint.request_stop]
     remaining = config.epochs - trainer.epoch
+    # Each process hands the Trainer only its own rows (all of them with one process).
+    local = _process_rows(dataset, mesh)
     if remaining > 0:
         trainer.fit(
-            dataset.x_train,
-            dataset.y_train,
+            local.x_train,
+            local.y_train,
             epochs=remaining,
             batch_size=config.batch_size,
-            validation_data=(dataset.x_val, dataset.y_val) if validation else None,
+            validation_data=(local.x_val, local.y_val) if validation else None,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=config.verbose if jax.process_index() == 0 else 0,
         )
     full_history = _history_from_rows(csv_logger.rows)
-    return _finish(config, workdir, trainer, dataset, full_history, monitor, start)
+    return _finish(config, workdir, trainer, dataset, local, full_history, monitor, start)
+
+
+def _process_rows(dataset: Dataset, mesh: jax.sharding.Mesh) -> Dataset:
+    if jax.process_count() == 1:
+        return dataset
+
+    def rows(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[sharding.process_rows(len(array), mesh)]
+
+    return dataclasses.replace(
+        dataset,
+        **{
+            field.name: rows(getattr(dataset, field.name))
+            for field in dataclasses.fields(Dataset)
+            if field.name.startswith(("x_", "y_"))
+        },
+    )
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 _STOP_HANDLERS: list[Callable[[], None]] = []
@@ -444,8 +476,8 @@ def _history_from_rows(rows: list[dict[str, float]]) -> dict[str, list[float]]:
     return history
 
 
-def _finish(config, workdir, trainer, dataset, history, monitor, start) -> dict[str, Any]:
-    test = trainer.evaluate(dataset.x_test, dataset.y_test)
+def _finish(config, workdir, trainer, dataset, local, history, monitor, start) -> dict[str, Any]:
+    test = trainer.evaluate(local.x_test, local.y_test)
     summary: dict[str, Any] = {"name": config.name, "epochs_run": len(history.get("loss", []))}
     summary.update({f"test_{k}": v for k, v in test.items()})
     if "test_binary_accuracy" in summary:  # every classifier reports test_accuracy
@@ -464,13 +496,16 @@ def _finish(config, workdir, trainer, dataset, history, monitor, start) -> dict[
     summary["params_checksum"] = report.params_checksum(trainer.state.params)
     summary.update(report.environment())
     first_metric = next((m for m in config.metrics if m in history), None)
+    # Every process predicts (a collective computation); process 0 writes the files.
+    probabilities = None
+    if trainer.loss.task != "regression":
+        probabilities = trainer.predict(dataset.x_test)
     if jax.process_index() == 0:
         if history:
             report.plot_learning_curves(
                 history, workdir / "learning_curves.png", first_metric, title=config.name
             )
-        if trainer.loss.task != "regression":
-            probabilities = trainer.predict(dataset.x_test)
+        if probabilities is not None:
             if probabilities.shape[1] == 1:
                 predicted = (probabilities[:, 0] > 0.5).astype(np.int64)
                 labels = dataset.y_test.reshape(-1).astype(np.int64)
@@ -539,6 +574,11 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
     check_overrides(get_config(), sys.argv[1:])
     config_flags.DEFINE_config_dict("config", get_config(), "The experiment's configuration.")
     flags.DEFINE_string("workdir", default_workdir, "Where the run's files and checkpoints go.")
+    # Multi-process runs (one process per host, or per GPU); env: JAXNN_COORDINATOR_ADDRESS, ...
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+    flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every process to join.")
 
     def _main(argv: list[str]) -> None:
         del argv
@@ -556,6 +596,12 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _handler)
         try:
+            sharding.initialize_distributed(
+                flags.FLAGS.coordinator_address,
+                flags.FLAGS.num_processes,
+                flags.FLAGS.process_id,
+                timeout_s=flags.FLAGS.distributed_timeout,
+            )
             run(flags.FLAGS.config, flags.FLAGS.workdir)
         except KeyboardInterrupt:
             command = f"python -m {_module_name()} {' '.join(sys.argv[1:])}".rstrip()
@@ -568,7 +614,12 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
             else:
                 _print(f"Interrupted before the first checkpoint; rerun to start: {command}")
             sys.exit(130)
-        except (ValueError, PermissionError, FileNotFoundError) as error:
+        except (
+            ValueError,
+            PermissionError,
+            FileNotFoundError,
+            sharding.DistributedInitError,
+        ) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
 

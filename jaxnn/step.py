@@ -9,7 +9,7 @@ Example (your own loop)::
 
     steps = make_steps(model, losses.get("sparse_categorical_crossentropy"), tx, ["accuracy"])
     acc = steps.empty_train_metrics()
-    state, acc = steps.train(state, acc, x, y, idx[None], weight[None])
+    state, acc = steps.train(state, acc, x, y, idx[None], weight[None], 0)
     print(metrics.compute_collection(acc))
 """
 
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnn import metrics as metrics_lib
+from jaxnn import sharding
 from jaxnn.losses import Loss, weighted_mean
 from jaxnn.state import TrainState
 
@@ -41,12 +42,12 @@ class Steps:
     """The compiled step functions of one (model, loss, optimizer, metrics) combination.
 
     Attributes:
-      train: ``(state, acc, x, y, idx, weight, masked=False) -> (state, acc)``; ``idx`` and
-        ``weight`` have shape ``(k, batch)`` and select ``k`` consecutive batches of ``x``/``y``;
-        ``masked`` (static) must be True when a batch holds padding; state and accumulator are
-        donated.
-      evaluate: ``(variables, acc, x, y, idx, weight) -> acc`` with dropout off and running
-        BatchNorm statistics.
+      train: ``(state, acc, x, y, idx, weight, start, *, k=1, masked=False) -> (state, acc)``;
+        ``idx`` and ``weight`` have shape ``(num_batches, batch)`` (an epoch's batches) and the
+        call runs the ``k`` (static) batches from ``start``; ``masked`` (static) must be True
+        when one of them holds padding; state and accumulator are donated.
+      evaluate: ``(variables, acc, x, y, idx, weight, start, *, k=1) -> acc`` with dropout off
+        and running BatchNorm statistics.
       predict: ``(variables, x) -> outputs`` after the loss's output activation (probabilities
         for classifiers, values for regression).
       metric_names: the metrics accumulated besides ``loss``.
@@ -77,6 +78,7 @@ def make_steps(
     metric_names: Sequence[str] = (),
     *,
     augment: Augment | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Steps:
     """Builds the jitted train, eval and predict functions.
 
@@ -87,13 +89,23 @@ def make_steps(
       metric_names: names from ``jaxnn.metrics`` accumulated in train and eval.
       augment: optional ``(key, x_batch) -> x_batch`` applied to training batches only, with the
         key ``fold_in(fold_in(rng, step), 1)`` so it is a function of (seed, step).
+      mesh: data parallelism: gathered batches are split over the mesh's ``data`` axis and the
+        state, metrics and predictions come back replicated (see ``jaxnn.sharding``); ``x``
+        and ``y`` may then be global arrays with their rows split the same way.
     """
     names = ("loss", *tuple(metric_names))
     # The "grad_norm" entry reuses the mean-loss metric: a running mean of one value per step.
     mean_metric = metrics_lib.get("loss")
 
-    def train_step(state: TrainState, acc, x_all, y_all, idx, weight, masked):
+    def gather(x_all, y_all, idx):
         x, y = x_all[idx], y_all[idx]
+        if mesh is not None:  # each device computes on its part of the batch
+            x = jax.lax.with_sharding_constraint(x, sharding.row_sharding(mesh))
+            y = jax.lax.with_sharding_constraint(y, sharding.row_sharding(mesh))
+        return x, y
+
+    def train_step(state: TrainState, acc, x_all, y_all, idx, weight, masked):
+        x, y = gather(x_all, y_all, idx)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         dropout_key = jax.random.fold_in(step_key, 0)
         if augment is not None:
@@ -147,8 +159,10 @@ def make_steps(
         merged[FIRST_NONFINITE] = jnp.where((first < 0) & bad, state.step + 1, first)
         return new_state, merged
 
-    def train(state, acc, x_all, y_all, idx, weight, masked=False):
-        if idx.shape[0] == 1:  # a plain step: no while loop for XLA to schedule around
+    def train(state, acc, x_all, y_all, idx, weight, start, k=1, masked=False):
+        idx = jax.lax.dynamic_slice_in_dim(idx, start, k)
+        weight = jax.lax.dynamic_slice_in_dim(weight, start, k)
+        if k == 1:  # a plain step: no while loop for XLA to schedule around
             return train_step(state, acc, x_all, y_all, idx[0], weight[0], masked)
 
         def body(carry, batch):
@@ -157,7 +171,7 @@ def make_steps(
         return jax.lax.scan(body, (state, acc), (idx, weight))[0]
 
     def eval_batch(variables, acc, x_all, y_all, idx, weight):
-        x, y = x_all[idx], y_all[idx]
+        x, y = gather(x_all, y_all, idx)
         outputs = model.apply(variables, x, train=False)
         per_example = loss.per_example(outputs, y)
         batch_metrics = metrics_lib.collection_from_model_output(
@@ -165,8 +179,10 @@ def make_steps(
         )
         return metrics_lib.merge_collections(acc, batch_metrics)
 
-    def evaluate(variables, acc, x_all, y_all, idx, weight):
-        if idx.shape[0] == 1:
+    def evaluate(variables, acc, x_all, y_all, idx, weight, start, k=1):
+        idx = jax.lax.dynamic_slice_in_dim(idx, start, k)
+        weight = jax.lax.dynamic_slice_in_dim(weight, start, k)
+        if k == 1:
             return eval_batch(variables, acc, x_all, y_all, idx[0], weight[0])
 
         def body(acc, batch):
@@ -177,10 +193,12 @@ def make_steps(
     def predict(variables, x):
         return loss.output_activation(model.apply(variables, x, train=False))
 
+    # With a mesh, outputs are pinned replicated so every process can read them.
+    out = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
     return Steps(
-        train=jax.jit(train, donate_argnums=(0, 1), static_argnames=("masked",)),
-        evaluate=jax.jit(evaluate, donate_argnums=(1,)),
-        predict=jax.jit(predict),
+        train=jax.jit(train, donate_argnums=(0, 1), static_argnames=("k", "masked"), **out),
+        evaluate=jax.jit(evaluate, donate_argnums=(1,), static_argnames=("k",), **out),
+        predict=jax.jit(predict, **out),
         metric_names=tuple(metric_names),
     )
 

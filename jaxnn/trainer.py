@@ -31,6 +31,7 @@ import optax
 from jaxnn import losses as losses_lib
 from jaxnn import metrics as metrics_lib
 from jaxnn import optim
+from jaxnn import sharding as sharding_lib
 from jaxnn.callbacks import Callback, ProgressLogger
 from jaxnn.state import TrainState, create_train_state, rng_streams
 from jaxnn.step import Steps, make_steps, split_train_metrics
@@ -100,6 +101,11 @@ def _padded_batches(
     return idx.reshape(num_batches, batch_size), weight.reshape(num_batches, batch_size)
 
 
+def _epoch_batches(key, n, batch_size, num_batches, shuffle):
+    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    return _padded_batches(order, batch_size, num_batches)
+
+
 class Trainer:
     """Trains a Flax Linen model with an optax optimizer, Keras-style.
 
@@ -116,6 +122,11 @@ class Trainer:
         convolutional models, where XLA CPU runs scanned steps slower, 32 otherwise).
       device_data_limit_bytes: datasets larger than this stay on the host and are streamed
         batch-chunk by batch-chunk.
+      mesh: the devices to train on (``jaxnn.sharding.make_mesh``); default every device on a
+        ``data`` axis. Batches are split over it (``batch_size`` must divide evenly), the state
+        is replicated. In a multi-process run each process passes only its own rows of every
+        dataset (``x[jaxnn.sharding.process_rows(len(x), mesh)]``); ``predict`` takes the same
+        ``x`` on every process and returns every output everywhere.
     """
 
     def __init__(
@@ -129,6 +140,7 @@ class Trainer:
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         steps_per_dispatch: int | str = "auto",
         device_data_limit_bytes: int = 2 * 1024**3,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model: expected a flax.linen Module; got {type(model).__name__}")
@@ -149,6 +161,11 @@ class Trainer:
             _check_int("steps_per_dispatch", steps_per_dispatch, 1)
         self.steps_per_dispatch = steps_per_dispatch
         self.device_data_limit_bytes = device_data_limit_bytes
+        if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+            raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
+        self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
+        self._multiprocess = len({d.process_index for d in self.mesh.devices.flat}) > 1
+        self._batches_fn = None
         self.state: TrainState | None = None
         self.epoch = 0  # epochs completed over all fit calls
         # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
@@ -215,8 +232,44 @@ class Trainer:
             return y.reshape(len(y)).astype(np.int32)
         return y.astype(np.float32, copy=False)
 
-    def _place(self, array: np.ndarray) -> jax.Array | np.ndarray:
-        return jnp.asarray(array) if array.nbytes <= self.device_data_limit_bytes else array
+    def _global_count(self, name: str, local: int) -> int:
+        """The number of examples over all processes (each passes its own rows)."""
+        if not self._multiprocess:
+            return local
+        from jax.experimental import multihost_utils
+
+        counts = np.asarray(multihost_utils.process_allgather(np.int64(local)))
+        return int(counts.sum())
+
+    def _place(self, name: str, array: np.ndarray, n: int) -> jax.Array | np.ndarray:
+        """The global array of ``n`` rows (split over the data axis), or the host array itself
+        when it is too big for the devices (then streamed)."""
+        if array.nbytes * (n / max(len(array), 1)) <= self.device_data_limit_bytes:
+            try:
+                return sharding_lib.global_rows(array, n, self.mesh)
+            except ValueError as error:
+                raise ValueError(str(error).replace("x:", f"{name}:", 1)) from None
+        if self._multiprocess:
+            raise ValueError(
+                f"{name}: {array.nbytes / 2**20:.0f} MiB per process is over "
+                f"device_data_limit_bytes={self.device_data_limit_bytes}, and streaming from the "
+                "host is single-process only; raise device_data_limit_bytes"
+            )
+        return array
+
+    def _batches(self, key, n: int, batch_size: int, num_batches: int, shuffle: bool):
+        """An epoch's (index, weight) arrays, batch axis split over the mesh's data axis."""
+        if self._batches_fn is None:
+            self._batches_fn = jax.jit(
+                _epoch_batches,
+                static_argnums=(1, 2, 3, 4),
+                out_shardings=sharding_lib.batch_sharding(self.mesh),
+            )
+        return self._batches_fn(key, n, batch_size, num_batches, shuffle)
+
+    def _put_rows(self, array: np.ndarray) -> jax.Array:
+        """A host batch placed with its rows split over the data axis (single process)."""
+        return jax.device_put(array, sharding_lib.row_sharding(self.mesh))
 
     # ----------------------------------------------------------------------------- state
     def initialize(self, x: Any, *, steps_per_epoch: int, epochs: int | None = None) -> TrainState:
@@ -237,8 +290,16 @@ class Trainer:
             tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
         if self.state is None:
             sample = jnp.zeros((1, *self._input_shape), jnp.float32)
-            self.state = create_train_state(self.model, tx, sample, seed=self.seed)
-        self._steps = make_steps(self.model, self.loss, tx, self.metric_names, augment=self.augment)
+            state = create_train_state(self.model, tx, sample, seed=self.seed)
+            self.state = sharding_lib.replicate(state, self.mesh)
+        self._steps = make_steps(
+            self.model,
+            self.loss,
+            tx,
+            self.metric_names,
+            augment=self.augment,
+            mesh=self.mesh,
+        )
         self._built_for = (steps_per_epoch, epochs)
         return self.state
 
@@ -302,6 +363,11 @@ class Trainer:
                 raise ValueError("validation_data: expected a tuple (x_val, y_val)")
             x_val, y_val = self._prepare_xy(*validation_data, prefix="validation_data ")
         elif validation_split > 0:
+            if self._multiprocess:
+                raise ValueError(
+                    "validation_split: not available in a multi-process run (each process holds "
+                    "only its rows); split the data first and pass validation_data"
+                )
             order = np.random.default_rng(self.seed).permutation(len(x))
             num_val = int(round(len(x) * validation_split))
             if num_val == 0 or num_val == len(x):
@@ -315,7 +381,8 @@ class Trainer:
         else:
             x_val = y_val = None
 
-        n = len(x)
+        sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
+        n = self._global_count("x", len(x))
         if drop_remainder and n < batch_size:
             raise ValueError(
                 f"batch_size: {batch_size} is larger than the {n} training examples, and "
@@ -323,8 +390,16 @@ class Trainer:
             )
         steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
         self.initialize(x[:1], steps_per_epoch=steps_per_epoch, epochs=self.epoch + epochs)
-        x_dev, y_dev = self._place(x), self._place(y)
-        val_dev = (self._place(x_val), self._place(y_val)) if x_val is not None else None
+        x_dev, y_dev = self._place("x", x, n), self._place("y", y, n)
+        if x_val is not None:
+            n_val = self._global_count("validation_data", len(x_val))
+            val_dev = (
+                self._place("validation_data x", x_val, n_val),
+                self._place("validation_data y", y_val, n_val),
+                n_val,
+            )
+        else:
+            val_dev = None
         per_dispatch = self._dispatch_size(steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         data_key = rng_streams(self.seed)["data"]
@@ -344,6 +419,7 @@ class Trainer:
             train_logs = self._train_epoch(
                 x_dev,
                 y_dev,
+                n,
                 jax.random.fold_in(data_key, epoch),
                 shuffle,
                 batch_size,
@@ -370,15 +446,13 @@ class Trainer:
         return history
 
     def _train_epoch(
-        self, x, y, key, shuffle, batch_size, steps_per_epoch, per_dispatch, callbacks
+        self, x, y, n, key, shuffle, batch_size, steps_per_epoch, per_dispatch, callbacks
     ) -> dict[str, float]:
-        n = len(x)
-        order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
-        idx, weight = _padded_batches(order, batch_size, steps_per_epoch)
+        idx, weight = self._batches(key, n, batch_size, steps_per_epoch, shuffle)
         on_host = isinstance(x, np.ndarray)
         if on_host:
             idx_host = np.asarray(idx)
-        acc = self._steps.empty_train_metrics()
+        acc = self.empty_train_metrics()
         done = 0
         if self._resume_acc is not None:
             acc, done = self._resume_acc, self.position
@@ -389,17 +463,25 @@ class Trainer:
         while done < steps_per_epoch:
             k = per_dispatch if steps_per_epoch - done >= per_dispatch else 1
             masked = padded and done + k == steps_per_epoch
-            chunk_idx, chunk_w = idx[done : done + k], weight[done : done + k]
             if on_host:  # streamed: gather on the host, copy (asynchronously) to the device
                 flat = idx_host[done : done + k].reshape(-1)
-                xs, ys = jnp.asarray(x[flat]), jnp.asarray(y[flat])
-                chunk_idx = jnp.arange(flat.size, dtype=jnp.int32).reshape(k, batch_size)
+                xs, ys = self._put_rows(x[flat]), self._put_rows(y[flat])
+                local = np.arange(flat.size, dtype=np.int32).reshape(k, batch_size)
+                chunk_idx = jax.device_put(local, sharding_lib.batch_sharding(self.mesh))
                 self.state, acc = self._steps.train(
-                    self.state, acc, xs, ys, chunk_idx, chunk_w, masked=masked
+                    self.state,
+                    acc,
+                    xs,
+                    ys,
+                    chunk_idx,
+                    weight[done : done + k],
+                    0,
+                    k=k,
+                    masked=masked,
                 )
             else:
                 self.state, acc = self._steps.train(
-                    self.state, acc, x, y, chunk_idx, chunk_w, masked=masked
+                    self.state, acc, x, y, idx, weight, done, k=k, masked=masked
                 )
             done += k
             self.position = done
@@ -410,8 +492,9 @@ class Trainer:
         return self._finish_metrics(acc)
 
     def empty_train_metrics(self) -> dict[str, Any]:
-        """The structure of a mid-epoch metric accumulator (a template for restoring one)."""
-        return self._steps.empty_train_metrics()
+        """An empty train accumulator, replicated over the mesh (also the template for
+        restoring a mid-epoch one)."""
+        return sharding_lib.replicate(self._steps.empty_train_metrics(), self.mesh)
 
     def resume_mid_epoch(self, position: int, acc: dict[str, Any]) -> None:
         """Continues the current epoch (``self.epoch``) at step ``position`` with the metrics
@@ -426,35 +509,40 @@ class Trainer:
         return metrics_lib.compute_collection(split_train_metrics(acc)[0])
 
     # ----------------------------------------------------------------------------- eval
-    def _evaluate_arrays(self, x, y, *, batch_size: int) -> dict[str, float]:
-        n = len(x)
-        batch_size = min(batch_size, n)
-        idx, weight = _padded_batches(jnp.arange(n), batch_size, math.ceil(n / batch_size))
-        acc = self._steps.empty_eval_metrics()
+    def _eval_batch_size(self, batch_size: int, n: int) -> int:
+        """``min(batch_size, n)`` rounded up to split evenly over the data axis."""
+        parts = sharding_lib.data_size(self.mesh)
+        return -(-min(batch_size, n) // parts) * parts
+
+    def _evaluate_arrays(self, x, y, n: int, *, batch_size: int) -> dict[str, float]:
+        batch_size = self._eval_batch_size(batch_size, n)
+        num_batches = math.ceil(n / batch_size)
+        idx, weight = self._batches(None, n, batch_size, num_batches, False)
+        acc = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
         if isinstance(x, np.ndarray):
             idx_host = np.asarray(idx)
-            for i in range(idx.shape[0]):
+            local = jax.device_put(
+                np.arange(batch_size, dtype=np.int32)[None], sharding_lib.batch_sharding(self.mesh)
+            )
+            for i in range(num_batches):
                 flat = idx_host[i]
-                local = jnp.arange(batch_size, dtype=jnp.int32)[None]
                 acc = self._steps.evaluate(
                     self.variables,
                     acc,
-                    jnp.asarray(x[flat]),
-                    jnp.asarray(y[flat]),
+                    self._put_rows(x[flat]),
+                    self._put_rows(y[flat]),
                     local,
                     weight[i : i + 1],
+                    0,
                 )
         else:
             # Batches per dispatch as in training: a scan where it pays (MLPs), one batch per
             # call for convolutional models.
-            num_batches = idx.shape[0]
             per_dispatch = self._dispatch_size(num_batches)
             done = 0
             while done < num_batches:
                 k = per_dispatch if num_batches - done >= per_dispatch else 1
-                acc = self._steps.evaluate(
-                    self.variables, acc, x, y, idx[done : done + k], weight[done : done + k]
-                )
+                acc = self._steps.evaluate(self.variables, acc, x, y, idx, weight, done, k=k)
                 done += k
         return metrics_lib.compute_collection(acc)
 
@@ -467,7 +555,10 @@ class Trainer:
         self._require_state("evaluate")
         batch_size = _check_int("batch_size", batch_size, 1)
         x, y = self._prepare_xy(x, y)
-        return self._evaluate_arrays(self._place(x), self._place(y), batch_size=batch_size)
+        n = self._global_count("x", len(x))
+        return self._evaluate_arrays(
+            self._place("x", x, n), self._place("y", y, n), n, batch_size=batch_size
+        )
 
     def predict(self, x: Any, *, batch_size: int = _EVAL_BATCH) -> np.ndarray:
         """Returns the model's outputs for x as numpy: probabilities for classifiers (softmax or
@@ -478,7 +569,7 @@ class Trainer:
         self._check_input("x", x)
         x = x.astype(np.float32, copy=False)
         n = len(x)
-        batch_size = min(batch_size, n)
+        batch_size = self._eval_batch_size(batch_size, n)
         padded = math.ceil(n / batch_size) * batch_size
         outputs = []
         for start in range(0, padded, batch_size):
@@ -486,5 +577,10 @@ class Trainer:
             if len(batch) < batch_size:  # pad to keep one compiled shape
                 pad = np.zeros((batch_size - len(batch), *x.shape[1:]), np.float32)
                 batch = np.concatenate([batch, pad])
-            outputs.append(self._steps.predict(self.variables, jnp.asarray(batch)))
+            if self._multiprocess:  # every process passes the same x: split it by rows
+                local = batch[sharding_lib.process_rows(batch_size, self.mesh)]
+                batch = sharding_lib.global_rows(local, batch_size, self.mesh)
+            else:
+                batch = self._put_rows(batch)
+            outputs.append(self._steps.predict(self.variables, batch))
         return np.concatenate([np.asarray(o) for o in outputs])[:n]

@@ -1,0 +1,219 @@
+"""Data parallelism over a Mesh (8 forced host devices), 2 processes on 127.0.0.1 through
+jax.distributed (gloo), and the errors: batch sizes, mesh axes, unreachable coordinator."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxnn
+from jaxnn import checkpoint, sharding
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_worker  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "distributed_worker.py"
+
+
+def run_worker(out: Path, devices: int, extra_env=None, args=()) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(extra_env or {}),
+    }
+    for name in ("JAXNN_COORDINATOR_ADDRESS", "JAXNN_NUM_PROCESSES", "JAXNN_PROCESS_ID"):
+        if extra_env is None or name not in extra_env:
+            env.pop(name, None)
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def load(out: Path) -> dict[str, np.ndarray]:
+    with np.load(out / "result.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def assert_close(ours: dict, reference: dict, rtol: float = 1e-5) -> None:
+    """Every array within ``rtol`` of the reference, relative to the array's largest value."""
+    assert ours.keys() == reference.keys()
+    worst = {}
+    for key, expected in reference.items():
+        got = ours[key].astype(np.float64)
+        scale = max(np.abs(expected).max(), 1e-12)
+        worst[key] = float(np.abs(got - expected.astype(np.float64)).max() / scale)
+    bad = {k: v for k, v in worst.items() if v > rtol}
+    assert not bad, bad
+    # The run really trained: two epochs changed the loss and the parameters.
+    assert reference["mlp/history/loss"][1] < reference["mlp/history/loss"][0]
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("one_device")
+    finish(run_worker(out, devices=1))
+    assert json.loads((out / "info.json").read_text()) == {"devices": 1, "processes": 1}
+    return load(out)
+
+
+def test_8_devices_match_one_device(single_device, tmp_path):
+    finish(run_worker(tmp_path, devices=8))
+    assert json.loads((tmp_path / "info.json").read_text()) == {"devices": 8, "processes": 1}
+    # MLP with dropout and CNN with BatchNorm (statistics over the global batch), a last partial
+    # batch, 300 rows over 8 devices: parameters, BatchNorm statistics, histories, evaluation and
+    # predictions all within 1e-5 of the single-device run.
+    assert_close(load(tmp_path), single_device)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_their_checkpoint_restores_in_one(single_device, tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        run_worker(
+            tmp_path,
+            devices=2,  # 2 processes x 2 devices: a 4-device global mesh
+            extra_env={
+                "JAXNN_COORDINATOR_ADDRESS": address,
+                "JAXNN_NUM_PROCESSES": "2",
+                "JAXNN_PROCESS_ID": str(i),
+            },
+            args=("--checkpoint",),
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        finish(process)
+    assert json.loads((tmp_path / "info.json").read_text()) == {"devices": 4, "processes": 2}
+    result = load(tmp_path)
+    assert_close(result, single_device)
+
+    # The checkpoint both processes wrote together reads back whole in this single process:
+    # without a template, and into a one-device Trainer that then evaluates like the 2 did.
+    for name, (model, shape) in distributed_worker.MODELS.items():
+        variables = checkpoint.restore(tmp_path / name, "latest")
+        flat = jax.tree_util.tree_flatten_with_path(variables)[0]
+        assert len(flat) == sum(k.startswith(f"{name}/[") for k in result)
+        for path, leaf in flat:
+            np.testing.assert_array_equal(leaf, result[f"{name}/{jax.tree_util.keystr(path)}"])
+        trainer = jaxnn.Trainer(
+            model, optimizer=distributed_worker.OPTIMIZER, seed=distributed_worker.SEED
+        )
+        x_val, y_val = distributed_worker.dataset(70, shape, seed=2)
+        trainer.initialize(x_val[:1], steps_per_epoch=5, epochs=2)
+        with checkpoint.Checkpointer(tmp_path / name) as checkpointer:
+            trainer.state, extra, step = checkpointer.restore(trainer.state)
+        assert (extra, step, int(trainer.state.step)) == ({"processes": 2}, 10, 10)
+        test = trainer.evaluate(x_val, y_val, batch_size=32)
+        for key, value in test.items():
+            np.testing.assert_allclose(value, result[f"{name}/test/{key}"], rtol=1e-6)
+
+
+def test_a_missing_coordinator_fails_within_the_timeout():
+    start = time.monotonic()
+    with pytest.raises(sharding.DistributedInitError, match=r"nothing answered at 127\.0\.0\.1"):
+        sharding.initialize_distributed(f"127.0.0.1:{free_port()}", 2, 1, timeout_s=2)
+    assert time.monotonic() - start < 10
+
+
+def test_distributed_settings_are_checked(monkeypatch):
+    for name in ("JAXNN_COORDINATOR_ADDRESS", "JAXNN_NUM_PROCESSES", "JAXNN_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("JAXNN_DISTRIBUTED", raising=False)
+    assert sharding.initialize_distributed() is False  # nothing asked: a single process
+    with pytest.raises(ValueError, match=r"process_id \(\$JAXNN_PROCESS_ID\)"):
+        sharding.initialize_distributed("127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match=r"coordinator_address: expected 'host:port'"):
+        sharding.initialize_distributed("localhost", 2, 0)
+    with pytest.raises(ValueError, match=r"process_id: expected an integer in \[0, 2\)"):
+        sharding.initialize_distributed("127.0.0.1:1234", 2, 2)
+
+
+def test_mesh_axes_and_rows_on_one_device():
+    mesh = sharding.make_mesh()
+    assert dict(mesh.shape) == {"data": jax.device_count()}
+    assert sharding.process_rows(10, mesh) == slice(0, 10)
+    with pytest.raises(ValueError, match=r"axes: expected a 'data' axis; got \['model'\]"):
+        sharding.make_mesh({"model": -1})
+    with pytest.raises(ValueError, match=r"axes: .*multiply to the 1 devices; got \{'data': 2\}"):
+        sharding.make_mesh({"data": 2})
+    rows = sharding.global_rows(np.arange(5.0), 5, mesh)
+    np.testing.assert_array_equal(rows, np.arange(5.0))
+    with pytest.raises(
+        ValueError, match=r"x: process 0 of 1 holds rows 0:5 of 5 .*expected 5 rows, got 4"
+    ):
+        sharding.global_rows(np.arange(4.0), 5, mesh)
+
+
+BAD_INPUT_ON_8 = """
+import json, sys
+import numpy as np
+import jaxnn
+from jaxnn import sharding
+errors = {}
+trainer = jaxnn.Trainer(jaxnn.MLP(features=(4,), num_outputs=2))
+x, y = np.zeros((40, 3), np.float32), np.zeros(40, np.int32)
+for name, call in {
+    "batch": lambda: trainer.fit(x, y, batch_size=12, verbose=0),
+    "mesh": lambda: sharding.make_mesh({"data": 3, "model": -1}),
+}.items():
+    try:
+        call()
+        errors[name] = None
+    except ValueError as error:
+        errors[name] = str(error)
+trainer.fit(x, y, batch_size=16, verbose=0)  # a multiple of 8 trains
+mesh = sharding.make_mesh({"data": 4, "model": 2})
+rows = sharding.global_rows(x, 40, mesh)  # split 4 ways over "data", replicated over "model"
+errors["rows"] = [sharding.data_size(mesh), [s.data.shape[0] for s in rows.addressable_shards]]
+print(json.dumps(errors))
+"""
+
+
+def test_batch_sizes_that_do_not_split_over_8_devices_say_which_do():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [sys.executable, "-c", BAD_INPUT_ON_8],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert errors["batch"] == (
+        "batch_size: 12 does not split over the 8 devices of the mesh's 'data' axis; expected a "
+        "multiple of 8, such as 8 or 16"
+    )
+    assert (
+        "axes: expected sizes >= 1 (at most one -1) that multiply to the 8 devices"
+        in (errors["mesh"])
+    )
+    assert errors["rows"] == [4, [10] * 8]
