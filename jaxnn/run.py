@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -30,7 +31,15 @@ from jaxnn import callbacks as callbacks_lib
 from jaxnn import losses, models, optim, report, sharding
 from jaxnn.trainer import Trainer
 
-__all__ = ["Dataset", "base_config", "build_model", "load_dataset", "main", "run"]
+__all__ = [
+    "Dataset",
+    "base_config",
+    "build_model",
+    "enable_compilation_cache",
+    "load_dataset",
+    "main",
+    "run",
+]
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -264,7 +273,7 @@ def _module_name() -> str:
 def _check_workdir(workdir: Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test_{os.getpid()}"  # one per process
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
@@ -327,7 +336,12 @@ def run(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
     )
     mesh = sharding.make_mesh()
     sharding.check_batch_size("batch_size", config.batch_size, mesh)
-    dataset = load_dataset(config.dataset, config.seed)
+    # Process 0 prepares the data first, so processes sharing a data_dir never race to write it.
+    if jax.process_index() == 0:
+        dataset = load_dataset(config.dataset, config.seed)
+    _sync("dataset prepared")
+    if jax.process_index() != 0:
+        dataset = load_dataset(config.dataset, config.seed)
     _print(
         f"Data: {len(dataset.x_train)} train, "
         f"{0 if dataset.x_val is None else len(dataset.x_val)} validation, "
@@ -566,6 +580,26 @@ def check_overrides(config: ConfigDict, argv: list[str]) -> None:
             )
 
 
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so a second run skips XLA compilation.
+
+    Args:
+      path: the cache folder; default ``$JAXNN_COMPILATION_CACHE`` or ``~/.cache/jaxnn/xla``.
+        ``"off"`` (or the variable set to ``off``) leaves the cache disabled.
+
+    Returns:
+      The folder in use, or None when disabled. Every compiled step is cached (JAX's default
+      skips those compiling in under a second, which is most of ours).
+    """
+    path = path or os.environ.get("JAXNN_COMPILATION_CACHE") or Path.home() / ".cache/jaxnn/xla"
+    if str(path) == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(path)
+
+
 def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
     """The command line of an experiment module: absl flags with ml_collections overrides."""
     from absl import app, flags
@@ -602,6 +636,7 @@ def main(get_config: Callable[[], ConfigDict], default_workdir: str) -> None:
                 flags.FLAGS.process_id,
                 timeout_s=flags.FLAGS.distributed_timeout,
             )
+            enable_compilation_cache()
             run(flags.FLAGS.config, flags.FLAGS.workdir)
         except KeyboardInterrupt:
             command = f"python -m {_module_name()} {' '.join(sys.argv[1:])}".rstrip()

@@ -141,7 +141,12 @@ def test_optimizers_experiment_draws_every_curve(sources, tmp_path):
 
 
 def cli(args, tmp_path, sources, **kwargs):
-    env = {**os.environ, "JAXNN_DATA_DIR": str(sources / "idx"), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "JAXNN_DATA_DIR": str(sources / "idx"),
+        "PYTHONPATH": str(REPO),
+        "JAXNN_COMPILATION_CACHE": str(tmp_path / "xla_cache"),
+    }
     return subprocess.run(
         [
             sys.executable,
@@ -169,12 +174,16 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
     assert "\r" not in first.stderr  # not a terminal: line-based output only
     assert "FLOPs per example" in first.stdout and "Devices:" in first.stdout
     summary = check_outputs(tmp_path / "run", classifier=True, epochs=1)
+    cached = sorted(p.name for p in (tmp_path / "xla_cache").iterdir())
+    assert len(cached) >= 3  # the train, eval and predict steps at least
     again = cli([], tmp_path, sources)
     assert again.returncode == 0 and "finished run" in again.stdout
     assert summary["params_checksum"] in again.stdout
     fresh = cli(["--config.fresh=True"], tmp_path, sources)
     assert fresh.returncode == 0 and "finished run" not in fresh.stdout
-    # Same seed, same data: a fresh rerun reproduces the parameters bitwise.
+    # Same seed, same data: a fresh rerun, with its steps loaded from the persistent compilation
+    # cache, reproduces the parameters bitwise.
+    assert set(cached) <= {p.name for p in (tmp_path / "xla_cache").iterdir()}
     rerun = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert rerun["params_checksum"] == summary["params_checksum"]
 

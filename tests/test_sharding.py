@@ -217,3 +217,55 @@ def test_batch_sizes_that_do_not_split_over_8_devices_say_which_do():
         in (errors["mesh"])
     )
     assert errors["rows"] == [4, [10] * 8]
+
+
+def test_an_experiment_runs_in_two_processes_like_in_one(tmp_path):
+    from tiny_data import write_idx
+
+    sources = write_idx(tmp_path / "idx", n_train=80, n_test=24)
+    flags = [
+        "--config.epochs=2",
+        "--config.batch_size=16",
+        "--config.verbose=0",
+        f"--config.dataset.source_dir={sources}",
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+        "--config.model.features=(16,)",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXNN_")}
+    env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    env["JAXNN_COMPILATION_CACHE"] = "off"  # two processes would write the same entries
+    command = [sys.executable, "-m", "experiments.fashion_mnist_mlp", *flags]
+
+    def start(workdir: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*command, f"--workdir={workdir}", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    finish(start(tmp_path / "one"))  # also prepares the shared tfds data_dir
+    address = f"127.0.0.1:{free_port()}"
+    processes = [
+        start(
+            tmp_path / "two",
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        )
+        for i in range(2)
+    ]
+    outputs = [finish(process) for process in processes]
+    assert "Summary:" in outputs[0] and "Summary:" not in outputs[1]  # process 0 reports
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (one["device_count"], one["process_count"]) == (2, 1)
+    assert (two["device_count"], two["process_count"]) == (4, 2)
+    for key in ("test_accuracy", "test_loss", "best_val_metric"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
+    rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # a header and one row per epoch, written once
+    steps = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert steps == [5, 10]  # 72 training examples (8 validate) in 5 batches of 16, 2 epochs
