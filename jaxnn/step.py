@@ -9,7 +9,7 @@ Example (your own loop)::
 
     steps = make_steps(model, losses.get("sparse_categorical_crossentropy"), tx, ["accuracy"])
     acc = steps.empty_train_metrics()
-    state, acc = steps.train(state, acc, x, y, idx[None], weight[None], 0)
+    state, acc = steps.train(state, acc, x, y, idx[None], weight[None], 0, 1)
     print(metrics.compute_collection(acc))
 """
 
@@ -42,10 +42,12 @@ class Steps:
     """The compiled step functions of one (model, loss, optimizer, metrics) combination.
 
     Attributes:
-      train: ``(state, acc, x, y, idx, weight, start, *, k=1, masked=False) -> (state, acc)``;
-        ``idx`` and ``weight`` have shape ``(num_batches, batch)`` (an epoch's batches) and the
-        call runs the ``k`` (static) batches from ``start``; ``masked`` (static) must be True
-        when one of them holds padding; state and accumulator are donated.
+      train: ``(state, acc, x, y, idx, weight, start, stop, *, k=1, masked=False) -> (state,
+        acc)``; ``idx`` and ``weight`` have shape ``(num_batches, batch)`` (an epoch's batches,
+        at least ``start + k`` of them) and the call runs batches ``start .. min(start + k,
+        stop) - 1``: one compiled ``k`` serves an epoch's last, shorter dispatch too (the steps
+        past ``stop`` are skipped, not run on padding). ``masked`` (static) must be True when a
+        batch holds padding and the model has BatchNorm; state and accumulator are donated.
       evaluate: ``(variables, acc, x, y, idx, weight, start, *, k=1) -> acc`` with dropout off
         and running BatchNorm statistics.
       predict: ``(variables, x) -> outputs`` after the loss's output activation (probabilities
@@ -159,16 +161,22 @@ def make_steps(
         merged[FIRST_NONFINITE] = jnp.where((first < 0) & bad, state.step + 1, first)
         return new_state, merged
 
-    def train(state, acc, x_all, y_all, idx, weight, start, k=1, masked=False):
+    def train(state, acc, x_all, y_all, idx, weight, start, stop, k=1, masked=False):
         idx = jax.lax.dynamic_slice_in_dim(idx, start, k)
         weight = jax.lax.dynamic_slice_in_dim(weight, start, k)
         if k == 1:  # a plain step: no while loop for XLA to schedule around
             return train_step(state, acc, x_all, y_all, idx[0], weight[0], masked)
 
         def body(carry, batch):
-            return train_step(*carry, x_all, y_all, *batch, masked), None
+            i, batch_idx, batch_weight = batch
+            return jax.lax.cond(
+                start + i < stop,
+                lambda c: train_step(*c, x_all, y_all, batch_idx, batch_weight, masked),
+                lambda c: c,
+                carry,
+            ), None
 
-        return jax.lax.scan(body, (state, acc), (idx, weight))[0]
+        return jax.lax.scan(body, (state, acc), (jnp.arange(k), idx, weight))[0]
 
     def eval_batch(variables, acc, x_all, y_all, idx, weight):
         x, y = gather(x_all, y_all, idx)

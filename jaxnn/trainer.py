@@ -289,9 +289,15 @@ class Trainer:
         else:
             tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
         if self.state is None:
-            sample = jnp.zeros((1, *self._input_shape), jnp.float32)
-            state = create_train_state(self.model, tx, sample, seed=self.seed)
-            self.state = sharding_lib.replicate(state, self.mesh)
+            shape = (1, *self._input_shape)
+
+            def init() -> TrainState:
+                sample = jnp.zeros(shape, jnp.float32)
+                return create_train_state(self.model, tx, sample, seed=self.seed)
+
+            # One compiled initialisation (op-by-op it dispatched dozens of small compiles),
+            # created replicated on the mesh.
+            self.state = jax.jit(init, out_shardings=sharding_lib.replicated(self.mesh))()
         self._steps = make_steps(
             self.model,
             self.loss,
@@ -448,7 +454,10 @@ class Trainer:
     def _train_epoch(
         self, x, y, n, key, shuffle, batch_size, steps_per_epoch, per_dispatch, callbacks
     ) -> dict[str, float]:
-        idx, weight = self._batches(key, n, batch_size, steps_per_epoch, shuffle)
+        # Rounded up to whole dispatches: the last one skips the steps past the epoch's end, so
+        # one compiled function serves the whole epoch.
+        num_batches = -(-steps_per_epoch // per_dispatch) * per_dispatch
+        idx, weight = self._batches(key, n, batch_size, num_batches, shuffle)
         on_host = isinstance(x, np.ndarray)
         if on_host:
             idx_host = np.asarray(idx)
@@ -459,10 +468,13 @@ class Trainer:
             self._resume_acc = None
         self.position = done
         self.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
-        padded = steps_per_epoch * batch_size > n  # only the last batch can hold padding
+        # Only the last batch can hold padding, and only BatchNorm needs telling (the loss and
+        # metrics weigh every example anyway): a compiled variant of its own just for that.
+        padded = steps_per_epoch * batch_size > n and bool(self.state.batch_stats)
+        k = per_dispatch
         while done < steps_per_epoch:
-            k = per_dispatch if steps_per_epoch - done >= per_dispatch else 1
-            masked = padded and done + k == steps_per_epoch
+            steps = min(k, steps_per_epoch - done)
+            masked = padded and done + steps == steps_per_epoch
             if on_host:  # streamed: gather on the host, copy (asynchronously) to the device
                 flat = idx_host[done : done + k].reshape(-1)
                 xs, ys = self._put_rows(x[flat]), self._put_rows(y[flat])
@@ -476,16 +488,17 @@ class Trainer:
                     chunk_idx,
                     weight[done : done + k],
                     0,
+                    steps,
                     k=k,
                     masked=masked,
                 )
             else:
                 self.state, acc = self._steps.train(
-                    self.state, acc, x, y, idx, weight, done, k=k, masked=masked
+                    self.state, acc, x, y, idx, weight, done, steps_per_epoch, k=k, masked=masked
                 )
-            done += k
+            done += steps
             self.position = done
-            self.global_step += k
+            self.global_step += steps
             for cb in callbacks:
                 cb.on_dispatch_end(self, done, acc)
         self.position = 0
@@ -517,6 +530,9 @@ class Trainer:
     def _evaluate_arrays(self, x, y, n: int, *, batch_size: int) -> dict[str, float]:
         batch_size = self._eval_batch_size(batch_size, n)
         num_batches = math.ceil(n / batch_size)
+        # Whole dispatches (weight-0 batches fill the last one): one compiled evaluate per size.
+        per_dispatch = 1 if isinstance(x, np.ndarray) else self._dispatch_size(num_batches)
+        num_batches = -(-num_batches // per_dispatch) * per_dispatch
         idx, weight = self._batches(None, n, batch_size, num_batches, False)
         acc = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
         if isinstance(x, np.ndarray):
@@ -538,12 +554,10 @@ class Trainer:
         else:
             # Batches per dispatch as in training: a scan where it pays (MLPs), one batch per
             # call for convolutional models.
-            per_dispatch = self._dispatch_size(num_batches)
-            done = 0
-            while done < num_batches:
-                k = per_dispatch if num_batches - done >= per_dispatch else 1
-                acc = self._steps.evaluate(self.variables, acc, x, y, idx, weight, done, k=k)
-                done += k
+            for done in range(0, num_batches, per_dispatch):
+                acc = self._steps.evaluate(
+                    self.variables, acc, x, y, idx, weight, done, k=per_dispatch
+                )
         return metrics_lib.compute_collection(acc)
 
     def _require_state(self, what: str) -> None:

@@ -60,13 +60,19 @@ def test_same_seed_is_bitwise_identical_and_other_seeds_differ():
     assert history_a != history_c
 
 
-def test_steps_per_dispatch_does_not_change_the_result():
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_steps_per_dispatch_does_not_change_the_result(batch_norm):
     x, y = blobs(n=50)
     results = []
-    for k in (1, 4):  # 7 steps per epoch: one dispatch of 4 plus three single steps
-        trainer = Trainer(MLP(features=(8,), num_outputs=3), seed=0, steps_per_dispatch=k)
-        trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
-        results.append(trainer.state.params)
+    for k in (1, 4):  # 7 steps per epoch: a dispatch of 4, then one of 4 that skips its last
+        model = MLP(features=(8,), num_outputs=3, batch_norm=batch_norm, dropout_rate=0.1)
+        trainer = Trainer(model, seed=0, steps_per_dispatch=k)
+        history = trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        assert int(trainer.state.step) == trainer.global_step == 14  # no step ran on padding
+        # One compiled train function for the whole run; a second only where BatchNorm must be
+        # told about the padded last batch.
+        assert trainer._steps.train._cache_size() == (2 if batch_norm else 1)
+        results.append((trainer.state.variables, history["loss"], history["accuracy"]))
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results
     )
