@@ -3,8 +3,8 @@
     python -m experiments.data_benchmark [--examples=60000] [--cnn-examples=6400]
 
 Measures, in examples/s on 28×28×1 float32 data resident on the device:
-  * batching: the Trainer's way, a per-epoch permutation and on-device gathers of batch-128
-    chunks (32 batches per dispatch);
+  * batching: the Trainer's way, a per-epoch (host) permutation and on-device gathers of batch-128
+    chunks (32 batches per dispatch, ``jaxnn.step.gather_rows`` as in the train step);
   * batching + augmentation: the same plus ``jaxnn.data.augment`` with random flips, pad-4 crops,
     ±10 % translations and ±10° rotations, per example;
   * MLP and CNN training (the benchmark workloads, ``Trainer.fit``), steady-state epochs.
@@ -44,6 +44,7 @@ def _epoch_rate(run_epoch, n: int, repeats: int = 3) -> float:
 def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
     """Examples/s of permuting and gathering (and augmenting) one epoch on device."""
     from jaxnn.data import augment
+    from jaxnn.step import gather_rows
 
     n = x.shape[0]
     steps = n // BATCH
@@ -53,7 +54,7 @@ def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
     def chunk(key, x, idx):
         def one(total, item):
             i, batch_idx = item
-            batch = x[batch_idx]
+            batch = gather_rows(x, batch_idx)
             if augment_options:
                 batch = augment(jax.random.fold_in(key, i), batch, **augment_options)
             return total + batch.sum(), None  # consume the batch: nothing is optimised away
@@ -64,7 +65,9 @@ def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
     def run_epoch(counter=[0]):  # noqa: B006 - a per-call counter for fresh keys
         counter[0] += 1
         key = jax.random.key(counter[0])
-        order = jax.random.permutation(key, n)[: steps * BATCH].reshape(steps, BATCH)
+        # As the Trainer does: a host permutation per epoch, copied to the device once.
+        order = np.random.default_rng(counter[0]).permutation(n)[: steps * BATCH]
+        order = jax.device_put(order.reshape(steps, BATCH).astype(np.int32))
         total = 0.0
         for start in range(0, steps - per_dispatch + 1, per_dispatch):
             total = total + chunk(key, x, order[start : start + per_dispatch])

@@ -40,6 +40,7 @@ __all__ = [
     "initialize_distributed",
     "make_mesh",
     "process_rows",
+    "put_global",
     "replicate",
     "replicated",
     "row_sharding",
@@ -140,6 +141,14 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree
     )
+
+
+def put_global(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Places a host array that every process holds whole (e.g. batch indices) with
+    ``sharding``; each process copies only the parts its own devices hold."""
+    if len(sharding.device_set) == len(sharding.addressable_devices):
+        return jax.device_put(array, sharding)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def padded_rows(n: int, mesh: Mesh) -> int:

@@ -1,7 +1,7 @@
 """``Trainer``: Keras-style ``fit`` / ``evaluate`` / ``predict`` over the pure ``jaxnn.step``s.
 
 The whole dataset is placed on the device once (when it fits under ``device_data_limit_bytes``);
-each epoch draws a permutation on device from ``fold_in(data_key, epoch)`` and feeds index
+each epoch draws a permutation seeded by ``fold_in(data_key, epoch)`` and feeds index
 arrays to the jitted train function, ``steps_per_dispatch`` optimizer steps per call. A last
 partial batch is padded and its padding masked (weight 0), so every example counts exactly once.
 Metrics accumulate on device and are fetched only when something is shown or at an epoch's end.
@@ -91,19 +91,15 @@ def _check_finite(name: str, array: np.ndarray) -> None:
 
 
 def _padded_batches(
-    order: jax.Array, batch_size: int, num_batches: int
-) -> tuple[jax.Array, jax.Array]:
+    order: np.ndarray, batch_size: int, num_batches: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Index and weight arrays of shape (num_batches, batch_size); padding has weight 0."""
     n = order.shape[0]
     total = num_batches * batch_size
-    weight = (jnp.arange(total) < n).astype(jnp.float32)
-    idx = jnp.zeros((total,), jnp.int32).at[: min(n, total)].set(order[:total])
+    weight = (np.arange(total) < n).astype(np.float32)
+    idx = np.zeros((total,), np.int32)
+    idx[: min(n, total)] = order[:total]
     return idx.reshape(num_batches, batch_size), weight.reshape(num_batches, batch_size)
-
-
-def _epoch_batches(key, n, batch_size, num_batches, shuffle):
-    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
-    return _padded_batches(order, batch_size, num_batches)
 
 
 class Trainer:
@@ -165,7 +161,6 @@ class Trainer:
             raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
         self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
         self._multiprocess = len({d.process_index for d in self.mesh.devices.flat}) > 1
-        self._batches_fn = None
         self.state: TrainState | None = None
         self.epoch = 0  # epochs completed over all fit calls
         # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
@@ -258,14 +253,18 @@ class Trainer:
         return array
 
     def _batches(self, key, n: int, batch_size: int, num_batches: int, shuffle: bool):
-        """An epoch's (index, weight) arrays, batch axis split over the mesh's data axis."""
-        if self._batches_fn is None:
-            self._batches_fn = jax.jit(
-                _epoch_batches,
-                static_argnums=(1, 2, 3, 4),
-                out_shardings=sharding_lib.batch_sharding(self.mesh),
-            )
-        return self._batches_fn(key, n, batch_size, num_batches, shuffle)
+        """An epoch's (index, weight) arrays, batch axis split over the mesh's data axis.
+
+        The permutation is drawn on the host by numpy, seeded by the key's data: XLA CPU's sort
+        took ~35 ms for 60,000 examples (8 % of an MLP epoch), numpy takes ~1 ms.
+        """
+        if shuffle:
+            order = np.random.default_rng(np.asarray(jax.random.key_data(key))).permutation(n)
+        else:
+            order = np.arange(n)
+        idx, weight = _padded_batches(order, batch_size, num_batches)
+        placement = sharding_lib.batch_sharding(self.mesh)
+        return sharding_lib.put_global(idx, placement), sharding_lib.put_global(weight, placement)
 
     def _put_rows(self, array: np.ndarray) -> jax.Array:
         """A host batch placed with its rows split over the data axis (single process)."""

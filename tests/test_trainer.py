@@ -169,7 +169,10 @@ def test_cnn_with_batchnorm_trains_and_reports_learning_rate_and_grad_norm():
         optimizer={"name": "adam", "learning_rate": 0.01, "schedule": {"name": "cosine"}},
     )
     history = trainer.fit(x, y, epochs=4, batch_size=16, validation_data=(x, y), verbose=0)
-    assert history["val_accuracy"][-1] == 1.0
+    assert history["accuracy"][-1] == 1.0  # with batch statistics
+    # Evaluation uses the running statistics, which after 16 steps at Keras' momentum 0.99 have
+    # moved only 15 % of the way from their initial values: clearly learnt, not yet perfect.
+    assert history["val_accuracy"][-1] > 0.9
     assert history["learning_rate"][0] < 0.01  # a cosine over 4 epochs has decayed already
     assert history["learning_rate"] == sorted(history["learning_rate"], reverse=True)
     assert all(g > 0 for g in history["grad_norm"])
