@@ -227,7 +227,7 @@ class Trainer:
             return y.reshape(len(y)).astype(np.int32)
         return y.astype(np.float32, copy=False)
 
-    def _global_count(self, name: str, local: int) -> int:
+    def _global_count(self, local: int) -> int:
         """The number of examples over all processes (each passes its own rows)."""
         if not self._multiprocess:
             return local
@@ -387,7 +387,7 @@ class Trainer:
             x_val = y_val = None
 
         sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
-        n = self._global_count("x", len(x))
+        n = self._global_count(len(x))
         if drop_remainder and n < batch_size:
             raise ValueError(
                 f"batch_size: {batch_size} is larger than the {n} training examples, and "
@@ -397,7 +397,7 @@ class Trainer:
         self.initialize(x[:1], steps_per_epoch=steps_per_epoch, epochs=self.epoch + epochs)
         x_dev, y_dev = self._place("x", x, n), self._place("y", y, n)
         if x_val is not None:
-            n_val = self._global_count("validation_data", len(x_val))
+            n_val = self._global_count(len(x_val))
             val_dev = (
                 self._place("validation_data x", x_val, n_val),
                 self._place("validation_data y", y_val, n_val),
@@ -568,7 +568,7 @@ class Trainer:
         self._require_state("evaluate")
         batch_size = _check_int("batch_size", batch_size, 1)
         x, y = self._prepare_xy(x, y)
-        n = self._global_count("x", len(x))
+        n = self._global_count(len(x))
         return self._evaluate_arrays(
             self._place("x", x, n), self._place("y", y, n), n, batch_size=batch_size
         )
