@@ -38,6 +38,7 @@ __all__ = [
     "data_size",
     "global_rows",
     "initialize_distributed",
+    "is_multiprocess",
     "make_mesh",
     "process_rows",
     "put_global",
@@ -128,7 +129,8 @@ def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
 
 
 # ------------------------------------------------------------------------------ placement
-def _is_multiprocess(mesh: Mesh) -> bool:
+def is_multiprocess(mesh: Mesh) -> bool:
+    """Whether the mesh spans devices of more than one process."""
     return len({d.process_index for d in mesh.devices.flat}) > 1
 
 
@@ -136,11 +138,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` whole on every device of the mesh (same value on every
     process; in a multi-process run each process passes its identical copy)."""
     sharding = replicated(mesh)
-    if not _is_multiprocess(mesh):
+    if not is_multiprocess(mesh):
         return jax.device_put(tree, sharding)
-    return jax.tree.map(
-        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree
-    )
+    return jax.tree.map(lambda leaf: put_global(np.asarray(leaf), sharding), tree)
 
 
 def put_global(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
@@ -164,11 +164,17 @@ def process_rows(n: int, mesh: Mesh | None = None) -> slice:
     it is every row.
     """
     mesh = make_mesh() if mesh is None else mesh
-    total = padded_rows(n, mesh)
-    indices = row_sharding(mesh).addressable_devices_indices_map((total,))
-    starts = [index[0].start or 0 for index in indices.values()]
-    stops = [total if index[0].stop is None else index[0].stop for index in indices.values()]
-    return slice(min(min(starts), n), min(max(stops), n))
+    start, stop = _held_rows(padded_rows(n, mesh), mesh)
+    return slice(min(start, n), min(stop, n))
+
+
+def _held_rows(total: int, mesh: Mesh) -> tuple[int, int]:
+    """The contiguous row range ``[start, stop)`` of a ``total``-row global array (split over
+    the data axis) that this process's devices hold."""
+    held = row_sharding(mesh).addressable_devices_indices_map((total,))
+    start = min(index[0].start or 0 for index in held.values())
+    stop = max(total if index[0].stop is None else index[0].stop for index in held.values())
+    return start, stop
 
 
 def global_rows(local: np.ndarray, n: int, mesh: Mesh) -> jax.Array:
@@ -190,13 +196,11 @@ def global_rows(local: np.ndarray, n: int, mesh: Mesh) -> jax.Array:
         )
     total = padded_rows(n, mesh)
     sharding = row_sharding(mesh)
-    if not _is_multiprocess(mesh):
+    if not is_multiprocess(mesh):
         if total != n:
             local = np.concatenate([local, np.zeros((total - n, *local.shape[1:]), local.dtype)])
         return jax.device_put(local, sharding)
-    held = sharding.addressable_devices_indices_map((total,))
-    start = min(index[0].start or 0 for index in held.values())
-    stop = max(total if index[0].stop is None else index[0].stop for index in held.values())
+    start, stop = _held_rows(total, mesh)
     if stop - start != len(local):
         pad = np.zeros((stop - start - len(local), *local.shape[1:]), local.dtype)
         local = np.concatenate([local, pad])

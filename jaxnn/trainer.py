@@ -160,7 +160,7 @@ class Trainer:
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
         self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
-        self._multiprocess = len({d.process_index for d in self.mesh.devices.flat}) > 1
+        self._multiprocess = sharding_lib.is_multiprocess(self.mesh)
         self.state: TrainState | None = None
         self.epoch = 0  # epochs completed over all fit calls
         # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
