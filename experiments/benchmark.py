@@ -95,9 +95,13 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
+    """float32 images in [0, 1], converted as a jaxnn user does (``jaxnn.data.to_float``, which
+    returns memory a CPU device uses without copying); every framework gets these same arrays."""
+    from jaxnn.data import to_float
+
     x = np.asarray(x)
-    x = x.astype(np.float32) / 255.0 if np.issubdtype(x.dtype, np.integer) else x
-    return x.astype(np.float32, copy=False).reshape(len(x), 28, 28, 1)
+    x = to_float(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+    return x.reshape(len(x), 28, 28, 1)
 
 
 def _fashion_mnist() -> tuple[dict[str, np.ndarray], str]:
@@ -581,13 +585,33 @@ def run_keras(workload: str, data: dict, log: EpochLog) -> dict:
     return log.summary(len(x), eval_seconds, len(x_test))
 
 
+def _read_npy_aligned(path: Path) -> np.ndarray:
+    """An .npy file read straight into 64-byte-aligned memory, as ``jaxnn.data`` returns arrays
+    (``jaxnn.sharding.aligned_empty``: a CPU device then uses them without a copy). Written out
+    here because a worker imports nothing but numpy and the framework it measures."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(f)
+        if fortran_order or dtype.hasobject:
+            raise ValueError(f"{path}: expected a C-ordered numeric array")
+        nbytes = math.prod(shape) * dtype.itemsize
+        raw = np.empty(nbytes + 64, np.uint8)
+        offset = -raw.ctypes.data % 64
+        array = raw[offset : offset + nbytes]
+        if f.readinto(memoryview(array)) != nbytes:
+            raise ValueError(f"{path}: truncated")
+    return array.view(dtype).reshape(shape)
+
+
 RUNNERS = {"jaxnn": run_jaxnn, "flax": run_flax, "torch": run_torch, "keras": run_keras}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one measurement in this (fresh) process; ``spec`` comes from the parent."""
-    loaded = np.load(spec["data_path"])
-    data = {key: loaded[key] for key in loaded.files}
+    data = {path.stem: _read_npy_aligned(path) for path in Path(spec["data_dir"]).glob("*.npy")}
     workload, framework = spec["workload"], spec["framework"]
     if framework == "jaxnn_sweep":
         return run_dispatch_sweep(workload, data, spec["measured_epochs"])
@@ -767,10 +791,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, dict[str, dict]] = {}
     sweep: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data_path = str(Path(tmp) / "data.npz")
-        np.savez(data_path, **arrays)
+        for key, array in arrays.items():
+            np.save(Path(tmp) / f"{key}.npy", array)
         del arrays
-        base = {"data_path": data_path, "measured_epochs": args.measured_epochs}
+        base = {"data_dir": tmp, "measured_epochs": args.measured_epochs}
         for workload in args.workloads:
             results[workload] = {}
             for framework in frameworks:

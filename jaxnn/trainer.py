@@ -220,7 +220,12 @@ class Trainer:
             raise ValueError(f"{prefix}x: expected at least one example; got 0")
         self._check_input(f"{prefix}x", x)
         losses_lib.check_targets(self.loss, y, self._num_outputs, argument=f"{prefix}y")
-        return x.astype(np.float32, copy=False), self._targets_dtype(y)
+        if x.dtype != np.float32:
+            # Into aligned memory, which a CPU device then uses without another copy.
+            converted = sharding_lib.aligned_empty(x.shape, np.float32)
+            np.copyto(converted, x, casting="unsafe")
+            x = converted
+        return x, self._targets_dtype(y)
 
     def _targets_dtype(self, y: np.ndarray) -> np.ndarray:
         if self.loss.target_kind == "int_labels":
@@ -339,7 +344,10 @@ class Trainer:
         """Trains for ``epochs`` more epochs and returns the history of this call.
 
         Args:
-          x, y: training inputs and targets (numpy-compatible, same length).
+          x, y: training inputs and targets (numpy-compatible, same length). On one CPU device
+            a float32 ``x`` in 64-byte-aligned memory (what ``jaxnn.data.to_float``,
+            ``normalize`` and ``train_validation_split`` return) is trained on in place, not
+            copied: do not modify it from a callback during ``fit``.
           epochs: epochs to run (continuing from earlier ``fit`` calls).
           batch_size: examples per step; ``len(x)`` gives batch gradient descent, 1 gives SGD.
           validation_split: fraction in [0, 1) of (x, y) held out for validation, chosen by a

@@ -38,6 +38,24 @@ def test_validation_split_zero_and_bad_fractions():
         data.train_validation_split(x, y, 0.01, seed=0)
 
 
+def test_split_to_float_and_normalize_return_aligned_arrays_with_numpys_values():
+    # 64-byte-aligned results are what a CPU device uses without copying (global_rows tests it).
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (37, 5, 5, 3), dtype=np.uint8)
+    scaled = data.to_float(images)
+    np.testing.assert_array_equal(scaled, images.astype(np.float32) / np.float32(255))
+    mean64, std64 = np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.3, 0.4])  # float64: one rounding
+    normalized = data.normalize(scaled, mean64, std64)
+    np.testing.assert_array_equal(normalized, ((scaled - mean64) / std64).astype(np.float32))
+    x_train, _, x_val, _ = data.train_validation_split(scaled, np.arange(37), 0.3, seed=0)
+    order = np.random.default_rng(0).permutation(37)
+    np.testing.assert_array_equal(x_val, scaled[np.sort(order[:11])])
+    np.testing.assert_array_equal(x_train, scaled[np.sort(order[11:])])
+    for array in (scaled, normalized, x_train, x_val):
+        assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous and array.flags.writeable
+        assert array.dtype == np.float32
+
+
 # ---------------------------------------------------------------------------- normalisation
 def test_to_float_scales_uint8_to_unit_interval():
     images = np.array([[[[0], [51]], [[204], [255]]]], np.uint8)

@@ -171,6 +171,22 @@ def test_mesh_axes_and_rows_on_one_device():
         sharding.global_rows(np.arange(4.0), 5, mesh)
 
 
+def test_an_aligned_host_array_is_placed_without_a_copy_on_one_cpu_device():
+    if jax.device_count() != 1 or jax.default_backend() != "cpu":
+        pytest.skip("zero-copy placement is a single-CPU-device property")
+    mesh = sharding.make_mesh()
+    aligned = sharding.aligned_empty((6, 7), np.float32)
+    aligned[...] = np.arange(42, dtype=np.float32).reshape(6, 7)
+    assert aligned.ctypes.data % 64 == 0
+    placed = sharding.global_rows(aligned, 6, mesh)
+    assert placed.unsafe_buffer_pointer() == aligned.ctypes.data  # the device reads numpy's memory
+    np.testing.assert_array_equal(placed, aligned)
+    shifted = sharding.aligned_empty((6 * 7 + 4,), np.float32)[4:].reshape(6, 7)  # 16 bytes past
+    assert shifted.ctypes.data % 64 == 16  # where numpy's own allocations start: XLA copies these
+    shifted[...] = aligned
+    assert sharding.global_rows(shifted, 6, mesh).unsafe_buffer_pointer() != shifted.ctypes.data
+
+
 BAD_INPUT_ON_8 = """
 import json, sys
 import numpy as np

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxnn.sharding import aligned_empty
+
 __all__ = ["channel_stats", "normalize", "to_float", "train_validation_split"]
 
 
@@ -35,7 +37,14 @@ def train_validation_split(
             f"validation_split: {validation_split} of {len(x)} examples leaves an empty split"
         )
     val, train = np.sort(order[:num_val]), np.sort(order[num_val:])
-    return x[train], y[train], x[val], y[val]
+    return _take_rows(x, train), y[train], _take_rows(x, val), y[val]
+
+
+def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    # Into an aligned array, which a CPU device then uses without a copy (sharding.aligned_empty).
+    x = np.asarray(x)
+    out = aligned_empty((len(rows), *x.shape[1:]), x.dtype)
+    return np.take(x, rows, axis=0, out=out)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -48,7 +57,9 @@ def to_float(images: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"images: expected uint8 values in [0, 255]; got {np.asarray(images).dtype}"
         )
-    return np.asarray(images, np.float32) / np.float32(255.0)
+    images = np.asarray(images)
+    out = aligned_empty(images.shape, np.float32)  # a CPU device uses it in place, uncopied
+    return np.divide(images, np.float32(255.0), out=out, dtype=np.float32)
 
 
 def channel_stats(train_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,4 +87,6 @@ def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
                 f"{name}: expected shape ({channels},) for {channels} channels; "
                 f"got {np.shape(value)}"
             )
-    return ((np.asarray(images, np.float32) - mean) / std).astype(np.float32)
+    images = np.asarray(images, np.float32)
+    out = aligned_empty(images.shape, np.float32)  # a CPU device uses it in place, uncopied
+    return np.divide(images - mean, std, out=out, casting="same_kind")
