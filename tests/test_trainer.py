@@ -109,6 +109,21 @@ def test_one_epoch_without_shuffle_equals_handwritten_sgd(batch_size):
     assert int(trainer.state.step) == len(batches)
 
 
+@pytest.mark.parametrize("model", [MLP(features=(5,), num_outputs=3, batch_norm=True), CNN((4,))])
+def test_initial_state_is_bitwise_that_of_an_optimised_compile(model):
+    """On CPU the Trainer compiles its one-off initialisation without LLVM optimisations (faster
+    start); with the default (uniform) initialisers that gives exactly the same state."""
+    shape = (1, 4) if isinstance(model, MLP) else (1, 6, 6, 1)
+    tx = optax.adam(1e-3)
+    trainer = Trainer(model, optimizer=tx, seed=5)
+    trainer.initialize(np.zeros(shape, np.float32), steps_per_epoch=1)
+    expected = jax.jit(lambda: jaxnn.create_train_state(model, tx, jnp.zeros(shape), seed=5))()
+    leaves = jax.tree_util.tree_leaves(trainer.state)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(expected)) > 5
+    for got, want in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_evaluate_is_exact_when_size_is_not_a_multiple_of_the_batch():
     x, y = blobs(n=103, seed=5)
     trainer = Trainer(MLP(features=(4,), num_outputs=3), metrics=["accuracy"], seed=0)
