@@ -37,7 +37,13 @@ What is measured (and how):
   10 (CNN) epochs; null when the target is not reached. ``epochs_to_accuracy`` counts the epochs.
 
 ``ratios[workload][peer]``: ``train_speedup`` = jaxnn train ex/s / peer train ex/s and
-``time_to_accuracy_speedup`` = peer time / jaxnn time; above 1 means jaxnn is faster.
+``time_to_accuracy_speedup`` = peer time / jaxnn time; above 1 means jaxnn is faster. Peers are
+``flax``, ``torch`` and ``keras``; jaxnn's variants (``jaxnn_bf16``, ``jaxnn_warm_cache``) get the
+same two ratios against every peer in ``variant_ratios[workload][variant][peer]``.
+``--warm-cache`` adds ``jaxnn_warm_cache``: jaxnn with JAX's persistent compilation cache on, as
+every ``python -m experiments.<name>`` run has it (``jaxnn.run.enable_compilation_cache``), in a
+cache that a 2-epoch run of the same workload filled first, so its start-up is a re-run's. The
+``jaxnn`` row is a first run (no cache), as ``Trainer.fit`` in a user's own script gives.
 ``--sweep-dispatch`` trains jaxnn with ``steps_per_dispatch`` 1, 8 and 32 in one process, epochs
 interleaved round-robin so that load drift hits all three alike (CNN epochs on 4,096 examples).
 """
@@ -620,6 +626,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     log = EpochLog(workload, with_accuracy, num_epochs)
     if framework == "jaxnn_bf16":
         return run_jaxnn(workload, data, log, dtype="bfloat16")
+    if framework == "jaxnn_warm_cache":
+        from jaxnn.run import enable_compilation_cache
+
+        enable_compilation_cache(spec["cache_dir"])
+        if spec.get("fill_cache"):  # the same model, steps and evaluation, for 2 epochs
+            log = EpochLog(workload, with_accuracy, 2)
+        return run_jaxnn(workload, data, log)
     return RUNNERS[framework](workload, data, log)
 
 
@@ -668,16 +681,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def compute_ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """jaxnn's speedup over each other framework (> 1: jaxnn faster)."""
+def compute_ratios(
+    results: dict[str, dict[str, dict]], ours_name: str = "jaxnn"
+) -> dict[str, dict[str, dict]]:
+    """``ours_name``'s speedup over each peer (> 1: jaxnn faster); jaxnn's variants are not
+    peers."""
     ratios: dict[str, dict[str, dict]] = {}
     for workload, by_framework in results.items():
-        ours = by_framework.get("jaxnn")
+        ours = by_framework.get(ours_name)
         if not ours or "error" in ours:
             continue
         ratios[workload] = {}
         for peer, theirs in by_framework.items():
-            if peer == "jaxnn" or "error" in theirs:
+            if peer.startswith("jaxnn") or "error" in theirs:
                 continue
             ours_t, theirs_t = ours["time_to_accuracy_s"], theirs["time_to_accuracy_s"]
             ratios[workload][peer] = {
@@ -687,33 +703,59 @@ def compute_ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, d
     return ratios
 
 
+def compute_variant_ratios(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """``compute_ratios`` for each jaxnn variant: ``[workload][variant][peer]``."""
+    variants = {f for by in results.values() for f in by if f.startswith("jaxnn_")}
+    out: dict[str, dict[str, dict]] = {}
+    for variant in sorted(variants):
+        for workload, by_peer in compute_ratios(results, variant).items():
+            out.setdefault(workload, {})[variant] = by_peer
+    return out
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
 
 
-def format_table(results: dict, ratios: dict) -> str:
+def format_table(results: dict, ratios: dict, variant_ratios: dict | None = None) -> str:
+    """The results table (ratio columns: jaxnn against the row's peer), then one line per jaxnn
+    variant with its ratios against every peer."""
     header = (
-        f"{'workload':<8} {'framework':<11} {'train ex/s':>11} {'eval ex/s':>11} {'compile s':>9} "
-        f"{'peak RSS MB':>11} {'time-to-acc s':>13} {'ep':>3} {'jaxnn train x':>13} "
-        f"{'jaxnn tta x':>11}"
+        f"{'workload':<8} {'framework':<16} {'train ex/s':>11} {'eval ex/s':>11} "
+        f"{'compile s':>9} {'peak RSS MB':>11} {'time-to-acc s':>13} {'ep':>3} "
+        f"{'jaxnn train x':>13} {'jaxnn tta x':>11}"
     )
     lines = [header, "-" * len(header)]
     for workload, by_framework in results.items():
         for framework, r in by_framework.items():
             if "error" in r:
-                lines.append(f"{workload:<8} {framework:<11} failed: {r['error'].splitlines()[0]}")
+                lines.append(f"{workload:<8} {framework:<16} failed: {r['error'].splitlines()[0]}")
                 continue
             ratio = ratios.get(workload, {}).get(framework, {})
             lines.append(
-                f"{workload:<8} {framework:<11} {_fmt(r['train_examples_per_s'], 0):>11} "
+                f"{workload:<8} {framework:<16} {_fmt(r['train_examples_per_s'], 0):>11} "
                 f"{_fmt(r['eval_examples_per_s'], 0):>11} {_fmt(r['compile_s'], 2):>9} "
                 f"{_fmt(r['peak_rss_mb'], 0):>11} {_fmt(r['time_to_accuracy_s'], 1):>13} "
                 f"{_fmt(r['epochs_to_accuracy'], 0):>3} "
                 f"{_fmt(ratio.get('train_speedup'), 2):>13} "
                 f"{_fmt(ratio.get('time_to_accuracy_speedup'), 2):>11}"
             )
+    return "\n".join([*lines, *format_variant_ratios(variant_ratios or {}).splitlines()])
+
+
+def format_variant_ratios(variant_ratios: dict) -> str:
+    """One line per (workload, jaxnn variant): its ratios against every peer."""
+    lines = []
+    for workload, by_variant in variant_ratios.items():
+        for variant, by_peer in by_variant.items():
+            cells = [
+                f"{peer} train x{_fmt(r['train_speedup'], 2)}, "
+                f"tta x{_fmt(r['time_to_accuracy_speedup'], 2)}"
+                for peer, r in by_peer.items()
+            ]
+            lines.append(f"{workload} {variant} against " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -746,6 +788,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", choices=("fashion_mnist", "random"), default="fashion_mnist")
     parser.add_argument("--bf16", action="store_true", help="also jaxnn with bfloat16 models")
     parser.add_argument("--sweep-dispatch", action="store_true", help="steps_per_dispatch 1/8/32")
+    parser.add_argument(
+        "--warm-cache", action="store_true",
+        help="also jaxnn with a filled persistent compilation cache (an experiment's re-run)",
+    )  # fmt: skip
     parser.add_argument(
         "--measured-epochs", type=int, default=None,
         help="timed epochs after the warm-up one when time-to-accuracy is off (default 1 with "
@@ -784,6 +830,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         frameworks.append(f)
     if args.bf16:
         frameworks.append("jaxnn_bf16")
+    if args.warm_cache:
+        frameworks.append("jaxnn_warm_cache")
 
     arrays, source = load_data("random" if args.quick else args.data, args.quick)
     time_to_accuracy = not args.quick and source.startswith("fashion_mnist")
@@ -802,6 +850,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 spec["time_to_accuracy"] = time_to_accuracy
                 start = time.perf_counter()
                 try:
+                    if framework == "jaxnn_warm_cache":
+                        spec["cache_dir"] = str(Path(tmp) / "xla_cache" / workload)
+                        _run_subprocess({**spec, "fill_cache": True}, args.timeout)
                     results[workload][framework] = _run_subprocess(spec, args.timeout)
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     results[workload][framework] = {"error": str(error)}
@@ -815,6 +866,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 except (RuntimeError, subprocess.TimeoutExpired) as error:
                     sweep[workload] = {"error": str(error)}
     ratios = compute_ratios(results)
+    variant_ratios = compute_variant_ratios(results)
     report = {
         "machine": machine_info(),
         "config": {
@@ -831,10 +883,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "results": results,
         "ratios": ratios,
+        "variant_ratios": variant_ratios,
     }
     if sweep:
         report["dispatch_sweep"] = sweep
-    print(format_table(results, ratios))
+    print(format_table(results, ratios, variant_ratios))
     if sweep:
         print(format_sweep(sweep))
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -24,7 +24,7 @@ NUMERIC_FIELDS = ("train_examples_per_s", "eval_examples_per_s", "compile_s", "p
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
     command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out)]
-    command += ["--frameworks", "jaxnn,flax"]
+    command += ["--frameworks", "jaxnn,flax", "--warm-cache"]
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -34,7 +34,7 @@ def test_quick_run_reports_every_workload_and_framework(quick_report):
     report, stdout = quick_report
     assert set(report["results"]) == {"mlp", "cnn"}
     for workload, by_framework in report["results"].items():
-        assert set(by_framework) == {"jaxnn", "flax"}, workload
+        assert set(by_framework) == {"jaxnn", "flax", "jaxnn_warm_cache"}, workload
         for framework, result in by_framework.items():
             assert "error" not in result, (workload, framework, result.get("error"))
             for field in NUMERIC_FIELDS:
@@ -47,6 +47,7 @@ def test_quick_run_reports_every_workload_and_framework(quick_report):
             assert len(result["epoch_train_times_s"]) == 2
         # jaxnn pads the last batch and trains every example; the Flax loop drops the remainder.
         assert by_framework["jaxnn"]["train_examples_per_epoch"] == 2048
+        assert by_framework["jaxnn_warm_cache"]["train_examples_per_epoch"] == 2048
         assert by_framework["flax"]["train_examples_per_epoch"] == 2048 // 128 * 128
     for workload in ("mlp", "cnn"):
         ratio = report["ratios"][workload]["flax"]
@@ -56,10 +57,18 @@ def test_quick_run_reports_every_workload_and_framework(quick_report):
         )
         assert ratio["train_speedup"] == pytest.approx(expected, rel=1e-12)
         assert ratio["time_to_accuracy_speedup"] is None
+        assert set(report["ratios"][workload]) == {"flax"}  # the warm-cache run is not a peer
+        warm = report["variant_ratios"][workload]["jaxnn_warm_cache"]["flax"]["train_speedup"]
+        assert warm == pytest.approx(
+            report["results"][workload]["jaxnn_warm_cache"]["train_examples_per_s"]
+            / report["results"][workload]["flax"]["train_examples_per_s"],
+            rel=1e-12,
+        )
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["versions"]["jax"]
     assert report["config"]["quick"] is True
-    assert "jaxnn train x" in stdout and stdout.count("\nmlp ") == 2
+    assert "jaxnn train x" in stdout and stdout.count("\nmlp ") == 4  # 3 rows, 1 variant line
+    assert "mlp jaxnn_warm_cache against flax train x" in stdout
 
 
 def test_compute_ratios_divides_throughputs_and_times():
@@ -69,15 +78,26 @@ def test_compute_ratios_divides_throughputs_and_times():
             "torch": {"train_examples_per_s": 100.0, "time_to_accuracy_s": 40.0},
             "keras": {"train_examples_per_s": 600.0, "time_to_accuracy_s": None},
             "flax": {"error": "failed"},
+            "jaxnn_warm_cache": {"train_examples_per_s": 200.0, "time_to_accuracy_s": 5.0},
         }
     }
     ratios = benchmark.compute_ratios(results)
-    assert ratios == {
+    assert ratios == {  # jaxnn's variants are not peers
         "mlp": {
             "torch": {"train_speedup": 3.0, "time_to_accuracy_speedup": 4.0},
             "keras": {"train_speedup": 0.5, "time_to_accuracy_speedup": None},
         }
     }
+    assert benchmark.compute_variant_ratios(results) == {
+        "mlp": {
+            "jaxnn_warm_cache": {
+                "torch": {"train_speedup": 2.0, "time_to_accuracy_speedup": 8.0},
+                "keras": {"train_speedup": 200.0 / 600.0, "time_to_accuracy_speedup": None},
+            }
+        }
+    }
+    table = benchmark.format_variant_ratios(benchmark.compute_variant_ratios(results))
+    assert "mlp jaxnn_warm_cache against torch train x2.00, tta x8.00; keras train x0.33" in table
 
 
 def test_epoch_log_time_to_accuracy_is_the_first_epoch_reaching_the_target():
