@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,3 +273,32 @@ def test_streaming_from_the_host_gives_the_same_result_as_device_resident_data()
     )
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
     assert results[0][2]["accuracy"] == results[1][2]["accuracy"]
+
+
+def test_cpu_convolutions_compile_outside_ynnpack_by_default():
+    """XLA CPU's YNNPACK convolutions run on one thread (jaxlib 0.10); the Trainer's default
+    options hand them to XLA's multi-threaded kernels and leave dots/reductions to YNNPACK."""
+    if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the option is chosen for multi-core CPUs")
+    options = jaxnn.step.default_compiler_options("cpu")
+    assert Trainer(CNN((4,))).compiler_options == options != {}
+    assert Trainer(CNN((4,)), compiler_options={}).compiler_options == {}
+    assert jaxnn.step.default_compiler_options("gpu") == {}
+
+    def conv_dense(x, w, v):
+        dimension_numbers = ("NHWC", "HWIO", "NHWC")
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dimension_numbers)
+        return y.reshape(2, -1) @ v
+
+    # Big enough for XLA to pick YNNPACK (it keeps tiny convolutions); only compiled, not run.
+    args = (jnp.ones((2, 6, 6, 32)), jnp.ones((3, 3, 32, 64)), jnp.ones((2304, 5)))
+
+    def ynn_fusions(compiler_options):
+        compiled = jax.jit(conv_dense, compiler_options=compiler_options).lower(*args).compile()
+        return [line for line in compiled.as_text().splitlines() if "__ynn_fusion" in line]
+
+    assert any("conv_general_dilated" in line for line in ynn_fusions(None))  # XLA's default
+    with_options = ynn_fusions(options)
+    assert with_options and not any("conv_general_dilated" in line for line in with_options)
+    with pytest.raises(ValueError, match="compiler_options: expected a dict .* got str"):
+        Trainer(CNN((4,)), compiler_options="fast")
