@@ -105,6 +105,31 @@ def test_reshape_pooling_equals_flax_pooling_and_its_gradient(size):
     assert pool(x, None) is x
 
 
+@pytest.mark.parametrize("window", [2, 3])
+def test_max_pool_gradient_is_jaxs_bit_for_bit_with_ties(window):
+    """pool's custom gradient splits between tied maxima exactly as JAX's gradient of ``max``
+    does: ReLU zeros and constant image regions make ties common, not a corner case."""
+    x = np.random.default_rng(0).normal(size=(4, 13, 12, 5)).astype(np.float32)
+    x[:, :6, :6] = 0.7  # whole windows tied
+    x[:, 7, 7:9], x[:, 8, 7] = 1.5, 1.5  # a three-way tie
+    x = jax.nn.relu(jnp.asarray(x))
+    weights = jax.random.normal(jax.random.key(5), pool(x, "max", window).shape)
+
+    def jax_reference(v):
+        b, h, w, c = v.shape
+        hh, ww = h // window, w // window
+        windows = v[:, : hh * window, : ww * window].reshape(b, hh, window, ww, window, c)
+        return windows.max(axis=(2, 4))
+
+    for transform in (lambda f: f, jax.jit):
+        ours = transform(jax.grad(lambda v: jnp.sum(pool(v, "max", window) * weights)))(x)
+        theirs = transform(jax.grad(lambda v: jnp.sum(jax_reference(v) * weights)))(x)
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(pool(x, "max", window), jax_reference(x))
+    tied = np.asarray(jax.grad(lambda v: jnp.sum(pool(v, "max", window)))(x))[0, :window, :window]
+    np.testing.assert_allclose(tied, 1 / window**2)  # one window's gradient, shared by its ties
+
+
 def test_dropout_is_random_in_training_and_off_in_evaluation():
     model = MLP(features=(64,), dropout_rate=0.5)
     x = jnp.ones((4, 10))
