@@ -48,12 +48,19 @@ FIRST_NONFINITE = "first_nonfinite_step"  # 1-based global step number, -1 while
 
 # XLA CPU hands dots, reductions and convolutions to YNNPACK by default; in jaxlib 0.10 its
 # convolutions run on one thread. Without them in the list, convolutions take XLA's own
-# multi-threaded kernels: on the 2-core AMD EPYC VM the benchmark CNN's step went from 72 to 58 ms.
+# multi-threaded kernels: on the 2-core AMD EPYC VM the benchmark CNN's step took 52-57 ms instead
+# of 71-77 ms (`python -m experiments.profile_step` vs `... --xla-defaults`).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
     "LIBRARY_FUSION_TYPE_REDUCE"
 }
 _accepted_options: dict[str, bool] = {}
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def default_compiler_options(platform: str) -> dict[str, str]:
@@ -63,7 +70,7 @@ def default_compiler_options(platform: str) -> dict[str, str]:
     than YNNPACK's single-threaded ones (see ``_CPU_COMPILER_OPTIONS``). Elsewhere, or when this
     jaxlib does not know the option (checked once with a tiny compile), XLA's defaults: ``{}``.
     """
-    if platform != "cpu" or len(os.sched_getaffinity(0)) < 2:
+    if platform != "cpu" or _usable_cores() < 2:
         return {}
     key = jax.__version__
     if key not in _accepted_options:

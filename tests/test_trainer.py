@@ -1,5 +1,3 @@
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -278,7 +276,7 @@ def test_streaming_from_the_host_gives_the_same_result_as_device_resident_data()
 def test_cpu_convolutions_compile_outside_ynnpack_by_default():
     """XLA CPU's YNNPACK convolutions run on one thread (jaxlib 0.10); the Trainer's default
     options hand them to XLA's multi-threaded kernels and leave dots/reductions to YNNPACK."""
-    if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) < 2:
+    if jax.default_backend() != "cpu" or jaxnn.step._usable_cores() < 2:
         pytest.skip("the option is chosen for multi-core CPUs")
     options = jaxnn.step.default_compiler_options("cpu")
     assert Trainer(CNN((4,))).compiler_options == options != {}
