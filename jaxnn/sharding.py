@@ -195,9 +195,10 @@ def aligned_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     shape = tuple(int(d) for d in shape)
-    raw = np.empty(math.prod(shape) * dtype.itemsize + _HOST_ALIGNMENT, np.uint8)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + _HOST_ALIGNMENT, np.uint8)
     offset = -raw.ctypes.data % _HOST_ALIGNMENT
-    return raw[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def global_rows(local: np.ndarray, n: int, mesh: Mesh) -> jax.Array:

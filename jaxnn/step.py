@@ -16,6 +16,7 @@ Example (your own loop)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -54,13 +55,28 @@ _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
     "LIBRARY_FUSION_TYPE_REDUCE"
 }
-_accepted_options: dict[str, bool] = {}
 
 
 def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+@functools.cache
+def _cpu_options_accepted() -> bool:
+    """Whether this jaxlib compiles with ``_CPU_COMPILER_OPTIONS`` (a tiny compile, once)."""
+    try:
+        probe = jax.jit(lambda v: v + 1, compiler_options=_CPU_COMPILER_OPTIONS)
+        probe.lower(jnp.zeros((), jnp.float32)).compile()
+    except Exception as error:  # noqa: BLE001 - an XLA that lacks the option: use defaults
+        logging.getLogger(__name__).warning(
+            "XLA CPU options %s not accepted (%s); using XLA's defaults",
+            _CPU_COMPILER_OPTIONS,
+            error,
+        )
+        return False
+    return True
 
 
 def default_compiler_options(platform: str) -> dict[str, str]:
@@ -70,22 +86,9 @@ def default_compiler_options(platform: str) -> dict[str, str]:
     than YNNPACK's single-threaded ones (see ``_CPU_COMPILER_OPTIONS``). Elsewhere, or when this
     jaxlib does not know the option (checked once with a tiny compile), XLA's defaults: ``{}``.
     """
-    if platform != "cpu" or _usable_cores() < 2:
+    if platform != "cpu" or _usable_cores() < 2 or not _cpu_options_accepted():
         return {}
-    key = jax.__version__
-    if key not in _accepted_options:
-        try:
-            probe = jax.jit(lambda v: v + 1, compiler_options=_CPU_COMPILER_OPTIONS)
-            probe.lower(jnp.zeros((), jnp.float32)).compile()
-            _accepted_options[key] = True
-        except Exception as error:  # noqa: BLE001 - an XLA that lacks the option: use defaults
-            logging.getLogger(__name__).warning(
-                "XLA CPU options %s not accepted (%s); using XLA's defaults",
-                _CPU_COMPILER_OPTIONS,
-                error,
-            )
-            _accepted_options[key] = False
-    return dict(_CPU_COMPILER_OPTIONS) if _accepted_options[key] else {}
+    return dict(_CPU_COMPILER_OPTIONS)
 
 
 def gather_rows(array: Array, idx: Array) -> Array:

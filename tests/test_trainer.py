@@ -300,3 +300,18 @@ def test_cpu_convolutions_compile_outside_ynnpack_by_default():
     assert with_options and not any("conv_general_dilated" in line for line in with_options)
     with pytest.raises(ValueError, match="compiler_options: expected a dict .* got str"):
         Trainer(CNN((4,)), compiler_options="fast")
+
+
+def test_an_xla_that_rejects_the_cpu_option_gets_xla_defaults(monkeypatch, caplog):
+    if jaxnn.step._usable_cores() < 2:
+        pytest.skip("the option is only asked for on multi-core CPUs")
+    bad = {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"}
+    monkeypatch.setattr(jaxnn.step, "_CPU_COMPILER_OPTIONS", bad)
+    jaxnn.step._cpu_options_accepted.cache_clear()
+    try:
+        assert jaxnn.step.default_compiler_options("cpu") == {}
+        assert "not accepted" in caplog.text
+    finally:
+        jaxnn.step._cpu_options_accepted.cache_clear()
+    monkeypatch.undo()
+    assert jaxnn.step.default_compiler_options("cpu") != {}
