@@ -271,7 +271,7 @@ def run_jaxnn(workload: str, data: dict, log: EpochLog, dtype: str | None = None
         log.record(train_time, accuracy, stopper.epoch_ends[i] - start - eval_so_far)
     eval_seconds = _time_eval(lambda: trainer.evaluate(x_test, y_test, batch_size=EVAL_BATCH_SIZE))
     result = log.summary(len(x), eval_seconds, len(x_test))
-    result["steps_per_dispatch"] = trainer._dispatch_size(math.ceil(len(x) / BATCH_SIZE))
+    result["steps_per_dispatch"] = trainer.dispatch_size(math.ceil(len(x) / BATCH_SIZE))
     return result
 
 
@@ -300,7 +300,7 @@ def run_dispatch_sweep(workload: str, data: dict, rounds: int) -> dict:
     auto = jaxnn.Trainer(_jaxnn_model(workload))
     auto.initialize(x[:1], steps_per_epoch=math.ceil(len(x) / BATCH_SIZE))
     out: dict[str, Any] = {
-        "auto_resolves_to": auto._dispatch_size(math.ceil(len(x) / BATCH_SIZE)),
+        "auto_resolves_to": auto.dispatch_size(math.ceil(len(x) / BATCH_SIZE)),
         "train_examples_per_epoch": len(x),
     }
     for k, ts in times.items():

@@ -337,7 +337,9 @@ class Trainer:
         self._built_for = (steps_per_epoch, epochs)
         return self.state
 
-    def _dispatch_size(self, num_steps: int) -> int:
+    def dispatch_size(self, num_steps: int) -> int:
+        """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
+        ``steps_per_dispatch="auto"``: 1 for convolutional models, else up to 32)."""
         if self.steps_per_dispatch != "auto":
             return min(int(self.steps_per_dispatch), num_steps)
         convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(self.state.params))
@@ -437,7 +439,7 @@ class Trainer:
             )
         else:
             val_dev = None
-        per_dispatch = self._dispatch_size(steps_per_epoch)
+        per_dispatch = self.dispatch_size(steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         data_key = rng_streams(self.seed)["data"]
 
@@ -562,7 +564,7 @@ class Trainer:
         batch_size = self._eval_batch_size(batch_size, n)
         num_batches = math.ceil(n / batch_size)
         # Whole dispatches (weight-0 batches fill the last one): one compiled evaluate per size.
-        per_dispatch = 1 if isinstance(x, np.ndarray) else self._dispatch_size(num_batches)
+        per_dispatch = 1 if isinstance(x, np.ndarray) else self.dispatch_size(num_batches)
         num_batches = -(-num_batches // per_dispatch) * per_dispatch
         idx, weight = self._batches(None, n, batch_size, num_batches, False)
         acc = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
