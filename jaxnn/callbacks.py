@@ -1,8 +1,10 @@
 """Callbacks with Keras' semantics: progress, early stopping and ReduceLROnPlateau.
 
 A callback is an object the training loop calls at fixed points (CLU's periodic actions), never
-code pasted into the loop. Every hook receives the ``Trainer``; ``on_epoch_end`` also gets the
-epoch's ``logs`` (``loss``, metrics, ``val_*``, ``learning_rate``, ``epoch_time_s``).
+code pasted into the loop. Every hook receives the ``jaxnn.loop.TrainLoop`` — the train state,
+the epoch and step reached, the history and the ``stop_training`` flag — not the Trainer;
+``on_epoch_end`` also gets the epoch's ``logs`` (``loss``, metrics, ``val_*``,
+``learning_rate``, ``epoch_time_s``).
 
 Callbacks that carry state across epochs expose it as ``state_dict()`` / ``load_state_dict()`` so
 a checkpoint can hold it and a resumed run continues exactly.
@@ -13,17 +15,17 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
+from jaxnn import checkpoint as checkpoint_lib
 from jaxnn import metrics as metrics_lib
-from jaxnn import optim
-from jaxnn.step import split_train_metrics
-
-if TYPE_CHECKING:
-    from jaxnn.trainer import Trainer
+from jaxnn import optim, sharding
+from jaxnn.loop import TrainLoop
+from jaxnn.step import check_finite, split_train_metrics
 
 __all__ = [
     "CSVLogger",
@@ -32,6 +34,7 @@ __all__ = [
     "EarlyStopping",
     "ProgressLogger",
     "ReduceLROnPlateau",
+    "StopRequest",
     "TensorBoardLogger",
     "format_logs",
 ]
@@ -40,22 +43,22 @@ __all__ = [
 class Callback:
     """Base class: override the hooks you need."""
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, loop: TrainLoop) -> None:
         """Called once at the start of ``fit``."""
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, loop: TrainLoop, epoch: int) -> None:
         """Called before epoch ``epoch`` (0-based, counted over all ``fit`` calls)."""
 
-    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
+    def on_dispatch_end(self, loop: TrainLoop, steps_done: int, metrics: dict[str, Any]) -> None:
         """Called after each train dispatch with the on-device accumulated metrics.
 
         Reading ``metrics`` synchronises with the device: do it rarely (per log interval).
         """
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        """Called after each epoch; set ``trainer.stop_training = True`` to stop."""
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
+        """Called after each epoch; set ``loop.stop_training = True`` to stop."""
 
-    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+    def on_train_end(self, loop: TrainLoop, history: dict[str, list[float]]) -> None:
         """Called once at the end of ``fit``."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -105,7 +108,7 @@ class ProgressLogger(Callback):
         self._bar = None
         self._last = 0.0
 
-    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_begin(self, loop: TrainLoop, epoch: int) -> None:
         self._last = time.perf_counter()
         if self.interactive:
             from tqdm import tqdm
@@ -120,7 +123,7 @@ class ProgressLogger(Callback):
                 dynamic_ncols=True,
             )
 
-    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
+    def on_dispatch_end(self, loop: TrainLoop, steps_done: int, metrics: dict[str, Any]) -> None:
         if self._bar is None:
             return
         now = time.perf_counter()
@@ -129,11 +132,11 @@ class ProgressLogger(Callback):
         self._last = now
         shown = {k: v for k, v in split_train_metrics(metrics)[0].items() if k != "grad_norm"}
         values = metrics_lib.compute_collection(shown)
-        values["lr"] = float(optim.current_learning_rate(trainer.state.opt_state))
+        values["lr"] = float(optim.current_learning_rate(loop.state.opt_state))
         self._bar.n = steps_done
         self._bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=True)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -217,29 +220,30 @@ class EarlyStopping(_Monitor):
         self.best_variables = None
         self.stopped_epoch = -1
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         current = self._current(logs)
         if _improved(self.mode, current, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
                 # A host copy: the device buffers are donated to the next train step.
-                self.best_variables = jax.device_get(
-                    (trainer.state.params, trainer.state.batch_stats)
-                )
+                self.best_variables = jax.device_get((loop.state.params, loop.state.batch_stats))
             return
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            trainer.stop_training = True
+            loop.stop_training = True
 
-    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+    def on_train_end(self, loop: TrainLoop, history: dict[str, list[float]]) -> None:
         stopped = self.stopped_epoch >= 0
         if stopped and self.restore_best_weights and self.best_variables is not None:
-            params, batch_stats = jax.tree_util.tree_map(np.asarray, self.best_variables)
-            trainer.state = trainer.state.replace(
-                params=jax.tree_util.tree_map(jax.numpy.asarray, params),
-                batch_stats=jax.tree_util.tree_map(jax.numpy.asarray, batch_stats),
+            live = (loop.state.params, loop.state.batch_stats)
+            # Back where the live arrays are (replicated over the mesh, every process).
+            params, batch_stats = jax.tree.map(
+                lambda saved, now: sharding.put_global(np.asarray(saved), now.sharding),
+                self.best_variables,
+                live,
             )
+            loop.state = loop.state.replace(params=params, batch_stats=batch_stats)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "stopped_epoch": self.stopped_epoch}
@@ -282,7 +286,7 @@ class ReduceLROnPlateau(_Monitor):
         self.min_lr = min_lr
         self.cooldown_counter = 0
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         current = self._current(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
@@ -295,13 +299,13 @@ class ReduceLROnPlateau(_Monitor):
         self.wait += 1
         if self.wait < self.patience:
             return
-        opt_state = trainer.state.opt_state
+        opt_state = loop.state.opt_state
         old_lr = float(optim.current_learning_rate(opt_state))
         if old_lr > np.float32(self.min_lr):
             scale = float(optim.get_learning_rate_scale(opt_state))
             base_lr = old_lr / scale
             new_scale = max(scale * self.factor, self.min_lr / base_lr)
-            trainer.state = trainer.state.replace(
+            loop.state = loop.state.replace(
                 opt_state=optim.set_learning_rate_scale(opt_state, new_scale)
             )
             self.cooldown_counter = self.cooldown
@@ -316,33 +320,28 @@ class ReduceLROnPlateau(_Monitor):
 
 
 class CSVLogger(Callback):
-    """Writes ``metrics.csv``: one row per epoch with every logged value.
+    """Writes ``metrics.csv``: one row per epoch of ``loop.history`` with every logged value.
 
-    Process 0 writes it in a multi-process run. The file is rewritten atomically from the rows
-    kept in memory (and in checkpoints, through ``state_dict``), so a resumed run's file has each
-    epoch exactly once.
+    Process 0 writes it in a multi-process run. The file is rewritten atomically from the
+    history (which checkpoints hold), so a resumed run's file has each epoch exactly once.
     """
 
     def __init__(self, path: str):
         self.path = path
-        self.rows: list[dict[str, float]] = []
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         from jaxnn.report import atomic_write_text
 
-        self.rows.append({"epoch": epoch + 1, **logs})
-        if jax.process_index() != 0:  # every process keeps the rows; process 0 writes them
+        if jax.process_index() != 0:
             return
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        columns = ["epoch", *loop.history]
+        rows = max(map(len, loop.history.values()), default=0)
         lines = [",".join(columns)]
-        lines += [",".join(repr(row.get(c, "")) for c in columns) for row in self.rows]
+        for i in range(rows):
+            row = [repr(loop.epoch - rows + i + 1)]
+            row += [repr(v[i]) if i < len(v) else "" for v in loop.history.values()]
+            lines.append(",".join(row))
         atomic_write_text(self.path, "\n".join(lines) + "\n")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = [dict(row) for row in state["rows"]]
 
 
 class TensorBoardLogger(Callback):
@@ -356,13 +355,13 @@ class TensorBoardLogger(Callback):
         self.logdir = logdir
         self._writer = None
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, loop: TrainLoop) -> None:
         from tensorboardX import SummaryWriter
 
         if jax.process_index() == 0:  # one writer in a multi-process run
             self._writer = SummaryWriter(self.logdir)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         if self._writer is None:
             return
         for key, value in logs.items():
@@ -375,74 +374,107 @@ class TensorBoardLogger(Callback):
             self._writer.add_scalar(tag, value, epoch + 1)
         self._writer.flush()
 
-    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+    def on_train_end(self, loop: TrainLoop, history: dict[str, list[float]]) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
 
+class StopRequest:
+    """A request to save and stop, made from a signal handler (SIGINT / SIGTERM).
+
+    The ``Checkpoint`` callback arms it while training; it then finishes the step in flight,
+    saves and raises ``KeyboardInterrupt``. Before that (loading data, compiling) there is nothing
+    to save, so ``request`` raises ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.requested = False
+
+    def request(self) -> None:
+        """Asks for a save and a stop after the step in flight (safe from a signal handler)."""
+        if not self.armed:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 class Checkpoint(Callback):
     """Saves the whole training state at epoch ends and every ``every_steps`` steps, and saves
-    and stops when a stop was requested (SIGINT / SIGTERM through ``request_stop``).
+    and stops when a stop was requested (``StopRequest``, set from SIGINT / SIGTERM).
 
-    A checkpoint holds the train state (params, batch_stats, optimizer state with schedule
-    count and plateau scale, step, dropout key), the metric accumulator of a partial epoch, and
-    as JSON the epoch, the position inside it and the state of ``stateful`` callbacks. Nothing
-    is saved when the loss went NaN/Inf: the last good checkpoint stays the latest.
+    What a checkpoint holds is ``jaxnn.checkpoint.save_training``'s business: the train state,
+    a partial epoch's metrics and position, the epoch, the history and the state of the
+    ``stateful`` callbacks. Nothing is saved when the loss went NaN/Inf: the last good checkpoint
+    stays the latest.
 
     Args:
       checkpointer: a ``jaxnn.checkpoint.Checkpointer``.
-      stateful: name -> callback whose ``state_dict`` is saved (CSV rows, early stopping, ...).
+      stateful: name -> callback whose ``state_dict`` is saved (early stopping, plateau, ...).
       every_steps: also save every this many optimizer steps (0: epoch ends only).
+      stop: the ``StopRequest`` a signal handler sets (default: one of its own).
     """
 
-    def __init__(self, checkpointer: Any, stateful: dict[str, Callback], every_steps: int = 0):
+    def __init__(
+        self,
+        checkpointer: checkpoint_lib.Checkpointer,
+        stateful: Mapping[str, Callback],
+        every_steps: int = 0,
+        stop: StopRequest | None = None,
+    ):
         self.checkpointer = checkpointer
-        self.stateful = stateful
+        self.stateful = dict(stateful)
         self.every_steps = every_steps
-        self.stop_requested = False
+        self.stop = stop if stop is not None else StopRequest()
         self._last_saved_step = -1
 
     def request_stop(self) -> None:
         """Asks for a save and a stop after the step in flight (safe from a signal handler)."""
-        self.stop_requested = True
+        self.stop.requested = True
 
-    def save(self, trainer: Trainer, acc: dict[str, Any] | None, metrics=None) -> None:
-        from jaxnn.trainer import check_finite
+    def resume(self, state: Any, metrics: Any) -> checkpoint_lib.TrainingSnapshot | None:
+        """The newest readable checkpoint (``jaxnn.checkpoint.restore_training``, into the
+        structure of ``state`` and ``metrics``), with the stateful callbacks' states put back;
+        None when there is none. Hand it to ``Trainer.restore``."""
+        snapshot = checkpoint_lib.restore_training(self.checkpointer, state, metrics)
+        if snapshot is not None:
+            for name, callback_state in snapshot.callbacks.items():
+                if name in self.stateful:
+                    self.stateful[name].load_state_dict(callback_state)
+        return snapshot
 
-        step = trainer.global_step
-        if acc is not None:
-            check_finite(acc, trainer.epoch)  # never checkpoint a diverged state
-        else:
-            acc = trainer.empty_train_metrics()
-        tree = jax.device_get({"train_state": trainer.state, "metrics": acc})
-        extra = {
-            "epoch": trainer.epoch,
-            "position": trainer.position,
-            "callbacks": {name: cb.state_dict() for name, cb in self.stateful.items()},
-        }
-        self.checkpointer.save(step, tree, extra=extra, metrics=metrics, force=True)
-        self._last_saved_step = step
+    def save(self, loop: TrainLoop, logs: dict[str, float] | None = None) -> None:
+        """Saves the loop now (mid-epoch metrics checked for NaN/Inf first)."""
+        if loop.position:
+            check_finite(loop.metrics, loop.epoch)  # never checkpoint a diverged state
+        checkpoint_lib.save_training(self.checkpointer, loop, self.stateful, metrics=logs)
+        self._last_saved_step = loop.global_step
 
-    def on_dispatch_end(self, trainer: Trainer, steps_done: int, metrics: dict[str, Any]) -> None:
-        step = trainer.global_step  # counted on the host: no device sync per dispatch
-        every = self.every_steps
+    def _stop_if_requested(self) -> None:
+        if self.stop.requested:
+            self.checkpointer.wait()
+            raise KeyboardInterrupt("stop requested; checkpoint saved")
+
+    def on_train_begin(self, loop: TrainLoop) -> None:
+        # A resumed run starts at the step it restored, which is on disk.
+        self._last_saved_step = loop.global_step if loop.global_step else -1
+        self.stop.armed = True
+
+    def on_dispatch_end(self, loop: TrainLoop, steps_done: int, metrics: dict[str, Any]) -> None:
         # The epoch's end saves its last step itself, with the epoch's logs and callback states
         # (a stop requested now is honoured there), so the same step is never saved twice.
-        if steps_done == trainer.steps_per_epoch:
+        if steps_done == loop.steps_per_epoch:
             return
-        due = every and step // every > self._last_saved_step // every
-        if self.stop_requested or due:
-            self.save(trainer, metrics)
-        if self.stop_requested:
-            self.checkpointer.wait()
-            raise KeyboardInterrupt("stop requested; checkpoint saved")
+        every = self.every_steps
+        due = every and loop.global_step // every > self._last_saved_step // every
+        if self.stop.requested or due:
+            self.save(loop)
+        self._stop_if_requested()
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
-        self.save(trainer, None, metrics=logs)
-        if self.stop_requested:
-            self.checkpointer.wait()
-            raise KeyboardInterrupt("stop requested; checkpoint saved")
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
+        self.save(loop, logs)
+        self._stop_if_requested()
 
-    def on_train_end(self, trainer: Trainer, history: dict[str, list[float]]) -> None:
+    def on_train_end(self, loop: TrainLoop, history: dict[str, list[float]]) -> None:
+        self.stop.armed = False
         self.checkpointer.wait()

@@ -7,6 +7,10 @@ arrays (a train state, or any pytree such as ``{"train_state": ..., "metrics": .
 ``extra``, JSON (epoch, history, callback states, position in the data). Which steps stay on disk
 is orbax's preservation policy: the latest N, plus the best K by a monitored metric.
 
+What a *training* checkpoint holds is decided here and nowhere else: ``save_training`` writes a
+``TrainingSnapshot`` (train state, a partial epoch's metrics and position, epochs done, history,
+callback states) and ``restore_training`` reads one back.
+
 Example::
 
     checkpointer = Checkpointer(workdir, keep_latest=2, keep_best=1, best_metric="val_accuracy")
@@ -17,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -31,13 +36,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxnn.utils import path_str, probe_writable
+
 __all__ = [
     "CheckpointError",
     "CheckpointFallbackWarning",
     "CheckpointMismatchError",
     "Checkpointer",
+    "TrainingSnapshot",
     "load_variables",
     "restore",
+    "restore_training",
+    "save_training",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,23 +93,9 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     return registry
 
 
-def _path_str(path: Sequence[Any]) -> str:
-    """``(DictKey('params'), DictKey('Dense_0'), ...)`` -> ``"params/Dense_0/..."``; tuple,
-    list and NamedTuple entries by their index or field name, as orbax stores them."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
 def _flat(tree: Any) -> dict[str, Any]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(path): leaf for path, leaf in leaves}
+    return {path_str(path): leaf for path, leaf in leaves}
 
 
 def _describe(leaf: Any) -> tuple[tuple[int, ...], str]:
@@ -222,10 +218,7 @@ class Checkpointer:
 
     def _check_writable(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".write_test_{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
+            probe_writable(self.directory)
         except OSError as error:
             raise CheckpointError(
                 f"workdir: cannot write checkpoints to {self.directory} "
@@ -365,19 +358,8 @@ class Checkpointer:
 
     def _resolve(self, step: int | str) -> int:
         steps = self.all_steps()
-        if step == "latest":
-            resolved = steps[-1] if steps else None
-        elif step == "best":
-            resolved = self.best_step()
-        elif isinstance(step, int | np.integer) and not isinstance(step, bool):
-            resolved = int(step)
-        else:
-            raise ValueError(f"step: expected an int, 'latest' or 'best'; got {step!r}")
-        if resolved is None or resolved not in steps:
-            raise FileNotFoundError(
-                f"{self.directory}: no checkpoint {step!r}; the steps on disk are {steps}"
-            )
-        return resolved
+        best = self.best_step if self.best_metric is not None else None
+        return _resolve_step(steps, step, self.directory, best=best, argument="step")
 
     def restore(
         self, template_state: Any, step: int | Literal["latest", "best"] = "latest"
@@ -471,6 +453,26 @@ class Checkpointer:
         return None
 
 
+def _resolve_step(
+    steps: Sequence[int], which: Any, directory: Path, *, best: Any, argument: str
+) -> int:
+    """``"latest"``, ``"best"`` (``best()``, or the latest when None) or a step number, checked
+    against the finished ``steps`` on disk."""
+    if which == "latest":
+        resolved = steps[-1] if steps else None
+    elif which == "best":
+        resolved = best() if best is not None else (steps[-1] if steps else None)
+    elif isinstance(which, int | np.integer) and not isinstance(which, bool):
+        resolved = int(which)
+    else:
+        raise ValueError(f"{argument}: expected a step number, 'latest' or 'best'; got {which!r}")
+    if resolved is None or resolved not in steps:
+        raise FileNotFoundError(
+            f"{directory}: no checkpoint {which!r}; the steps on disk are {list(steps)}"
+        )
+    return resolved
+
+
 def _best_step(manager: ocp.CheckpointManager, steps: Sequence[int]) -> int | None:
     """The best step by the metric recorded in each step's JSON item; the latest step when no
     step has one; skips unreadable steps."""
@@ -505,16 +507,8 @@ def _restore_state_without_template(workdir: str | os.PathLike, which: int | str
         steps = sorted(manager.all_steps())
         if not steps:
             raise FileNotFoundError(f"{directory}: no finished checkpoints")
-        if which == "latest":
-            step = steps[-1]
-        elif which == "best":
-            step = _best_step(manager, steps)
-        elif isinstance(which, int | np.integer) and not isinstance(which, bool):
-            step = int(which)
-            if step not in steps:
-                raise FileNotFoundError(f"{directory}: no checkpoint {step}; have {steps}")
-        else:
-            raise ValueError(f"which: expected 'latest', 'best' or a step number; got {which!r}")
+        best = lambda: _best_step(manager, steps)  # noqa: E731 - read only when asked for
+        step = _resolve_step(steps, which, directory, best=best, argument="which")
         metadata = _state_metadata(manager, step, directory / str(step))
         # The saved shardings may name devices this process does not have (saved on 8, read on
         # 1): ask for every array whole on the default device instead.
@@ -621,3 +615,83 @@ def load_variables(
             params[name],
         )
     return params
+
+
+# --------------------------------------------------------------------- training checkpoints
+@dataclasses.dataclass
+class TrainingSnapshot:
+    """What a training checkpoint holds: everything an exact resume needs.
+
+    Attributes:
+      state: the train state (params, batch_stats, opt_state with the schedule's count and the
+        plateau scale, step, dropout key).
+      metrics: the metrics accumulated in the current epoch (empty at an epoch's end).
+      epoch: epochs completed.
+      position: steps done inside the current epoch (0 at an epoch's end).
+      step: the optimizer step the checkpoint was taken at.
+      history: every finished epoch's logs.
+      callbacks: name -> the ``state_dict`` of each stateful callback.
+    """
+
+    state: Any
+    metrics: Any
+    epoch: int
+    position: int
+    step: int
+    history: dict[str, list[float]]
+    callbacks: dict[str, dict[str, Any]]
+
+
+def save_training(
+    checkpointer: Checkpointer,
+    loop: Any,
+    callbacks: Mapping[str, Any],
+    *,
+    metrics: Mapping[str, float] | None = None,
+) -> None:
+    """Saves a training loop (``jaxnn.loop.TrainLoop``) as checkpoint ``loop.global_step``.
+
+    Args:
+      checkpointer: where to save.
+      loop: the state, metrics, epoch, position, global_step and history to save.
+      callbacks: name -> callback whose ``state_dict()`` is saved with it.
+      metrics: the epoch's logs at an epoch's end; they rank the step for ``keep_best``.
+    """
+    tree = jax.device_get({"train_state": loop.state, "metrics": loop.metrics})
+    extra = {
+        "epoch": loop.epoch,
+        "position": loop.position,
+        "history": loop.history,
+        "callbacks": {name: callback.state_dict() for name, callback in callbacks.items()},
+    }
+    checkpointer.save(loop.global_step, tree, extra=extra, metrics=metrics, force=True)
+
+
+def restore_training(
+    checkpointer: Checkpointer, state: Any, metrics: Any
+) -> TrainingSnapshot | None:
+    """The newest readable training checkpoint, restored into the structure, shapes, dtypes and
+    shardings of ``state`` and ``metrics`` (falling back past damaged steps, see
+    ``Checkpointer.restore_latest_good``); None when there is none."""
+    restored = checkpointer.restore_latest_good({"train_state": state, "metrics": metrics})
+    if restored is None:
+        return None
+    tree, extra, step = restored
+    callback_states = extra.get("callbacks", {})
+    history = extra.get("history")
+    if history is None:  # written before checkpoints held the history: the CSV logger's rows
+        rows = callback_states.get("CSVLogger", {}).get("rows", [])
+        history = {}
+        for row in rows:
+            for key, value in row.items():
+                if key != "epoch":
+                    history.setdefault(key, []).append(value)
+    return TrainingSnapshot(
+        state=tree["train_state"],
+        metrics=tree["metrics"],
+        epoch=int(extra["epoch"]),
+        position=int(extra["position"]),
+        step=step,
+        history=history,
+        callbacks=callback_states,
+    )

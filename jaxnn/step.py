@@ -36,6 +36,8 @@ __all__ = [
     "FIRST_NONFINITE",
     "NONFINITE",
     "Steps",
+    "TrainingDivergedError",
+    "check_finite",
     "default_compiler_options",
     "gather_rows",
     "make_steps",
@@ -284,3 +286,21 @@ def split_train_metrics(acc: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     """Splits a train accumulator into (metrics, NaN/Inf step count, first such step or -1)."""
     metrics = {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}
     return metrics, int(acc[NONFINITE]), int(acc[FIRST_NONFINITE])
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+def check_finite(acc: dict[str, Any], epoch: int) -> None:
+    """Raises ``TrainingDivergedError`` naming the epoch and step of the first NaN/Inf loss.
+
+    Called before anything is logged or checkpointed, so no broken state is ever saved.
+    """
+    _, count, first = split_train_metrics(acc)
+    if count:
+        raise TrainingDivergedError(
+            f"Training diverged in epoch {epoch + 1} at global step {first}: the loss was NaN or "
+            f"Inf in {count} step(s). Lower the learning rate, add gradient clipping "
+            "(optimizer clip_norm) or check the inputs."
+        )

@@ -1,10 +1,11 @@
 """``Trainer``: Keras-style ``fit`` / ``evaluate`` / ``predict`` over the pure ``jaxnn.step``s.
 
-The whole dataset is placed on the device once (when it fits under ``device_data_limit_bytes``);
-each epoch draws a permutation seeded by ``fold_in(data_key, epoch)`` and feeds index
-arrays to the jitted train function, ``steps_per_dispatch`` optimizer steps per call. A last
-partial batch is padded and its padding masked (weight 0), so every example counts exactly once.
-Metrics accumulate on device and are fetched only when something is shown or at an epoch's end.
+The whole dataset is placed on the device once (when it fits under ``device_data_limit_bytes``;
+see ``jaxnn.feeding``); each epoch draws a permutation seeded by ``fold_in(data_key, epoch)`` and
+feeds index arrays to the jitted train function, ``steps_per_dispatch`` optimizer steps per call.
+A last partial batch is padded and its padding masked (weight 0), so every example counts exactly
+once. Metrics accumulate on device and are fetched only when something is shown or at an epoch's
+end. Callbacks see the ``TrainLoop`` (``trainer.loop``), never the Trainer.
 
 Example::
 
@@ -17,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,13 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnn import feeding, inputs, optim
 from jaxnn import losses as losses_lib
 from jaxnn import metrics as metrics_lib
-from jaxnn import optim
 from jaxnn import sharding as sharding_lib
 from jaxnn.callbacks import Callback, ProgressLogger
+from jaxnn.feeding import Fed, Feeder
+from jaxnn.loop import TrainLoop
 from jaxnn.state import TrainState, create_train_state, rng_streams
-from jaxnn.step import Steps, default_compiler_options, make_steps, split_train_metrics
+from jaxnn.step import (
+    Steps,
+    TrainingDivergedError,
+    check_finite,
+    default_compiler_options,
+    make_steps,
+    split_train_metrics,
+)
+from jaxnn.utils import ceil_div, round_up
 
 __all__ = ["Trainer", "TrainingDivergedError", "check_finite"]
 
@@ -46,62 +56,16 @@ _EVAL_BATCH = 1024
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or Inf."""
+def _loop_attribute(name: str, doc: str) -> property:
+    """A Trainer attribute kept in its ``TrainLoop`` (the names callbacks and users know)."""
 
+    def get(self: Trainer) -> Any:
+        return getattr(self.loop, name)
 
-def check_finite(acc: dict[str, Any], epoch: int) -> None:
-    """Raises ``TrainingDivergedError`` naming the epoch and step of the first NaN/Inf loss.
+    def set_(self: Trainer, value: Any) -> None:
+        setattr(self.loop, name, value)
 
-    Called before anything is logged or checkpointed, so no broken state is ever saved.
-    """
-    _, count, first = split_train_metrics(acc)
-    if count:
-        raise TrainingDivergedError(
-            f"Training diverged in epoch {epoch + 1} at global step {first}: the loss was NaN or "
-            f"Inf in {count} step(s). Lower the learning rate, add gradient clipping "
-            "(optimizer clip_norm) or check the inputs."
-        )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _as_array(name: str, value: Any) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except Exception as error:  # noqa: BLE001 - re-raised with the argument's name
-        raise ValueError(f"{name}: expected an array; got {type(value).__name__}") from error
-    if array.ndim == 0:
-        raise ValueError(f"{name}: expected an array with a leading example axis; got a scalar")
-    if array.dtype == object or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
-    ):
-        raise ValueError(f"{name}: expected a numeric array; got dtype {array.dtype}")
-    return array
-
-
-def _check_finite(name: str, array: np.ndarray) -> None:
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(
-            f"{name}: expected finite values; got NaN or Inf (first at index {tuple(bad)})"
-        )
-
-
-def _padded_batches(
-    order: np.ndarray, batch_size: int, num_batches: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index and weight arrays of shape (num_batches, batch_size); padding has weight 0."""
-    n = order.shape[0]
-    total = num_batches * batch_size
-    weight = (np.arange(total) < n).astype(np.float32)
-    idx = np.zeros((total,), np.int32)
-    idx[: min(n, total)] = order[:total]
-    return idx.reshape(num_batches, batch_size), weight.reshape(num_batches, batch_size)
+    return property(get, set_, doc=doc)
 
 
 class Trainer:
@@ -127,9 +91,15 @@ class Trainer:
         ``x`` on every process and returns every output everywhere.
       compiler_options: XLA options for the train/evaluate/predict compilations; default
         ``jaxnn.step.default_compiler_options`` for the mesh's platform (on a multi-core CPU,
-        convolutions through XLA's multi-threaded kernels: the benchmark CNN's step took 52-57 ms
-        instead of 71-77 ms on the 2-core VM); ``{}`` compiles with XLA's defaults.
+        convolutions through XLA's multi-threaded kernels); ``{}`` compiles with XLA's defaults.
     """
+
+    state = _loop_attribute("state", "The train state (``TrainLoop.state``).")
+    epoch = _loop_attribute("epoch", "Epochs completed over all ``fit`` calls.")
+    global_step = _loop_attribute("global_step", "Optimizer steps so far, counted on the host.")
+    position = _loop_attribute("position", "Steps done inside the current epoch.")
+    steps_per_epoch = _loop_attribute("steps_per_epoch", "Steps per epoch of the current fit.")
+    stop_training = _loop_attribute("stop_training", "Set True to stop after this epoch.")
 
     def __init__(
         self,
@@ -145,165 +115,62 @@ class Trainer:
         mesh: jax.sharding.Mesh | None = None,
         compiler_options: Mapping[str, str] | None = None,
     ):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model: expected a flax.linen Module; got {type(model).__name__}")
-        self.model = model
         self.loss = losses_lib.get(loss)
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        for name in metrics:
-            metrics_lib.get(name)  # raises, listing the valid names
-        self.metric_names = tuple(metrics)
-        if not isinstance(optimizer, optax.GradientTransformation):
-            optimizer = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
-            optim.check_config(optimizer)  # names, keys and types, before anything is built
-        self.optimizer = optimizer
-        self.seed = _check_int("seed", seed, 0)
+        self._inputs = inputs.ModelInputs(model, self.loss)
+        self.model = model
+        self.metric_names = inputs.check_metric_names(metrics)
+        self.optimizer = inputs.check_optimizer(optimizer)
+        self.seed = inputs.check_int("seed", seed, 0)
         self.augment = augment
         if steps_per_dispatch != "auto":
-            _check_int("steps_per_dispatch", steps_per_dispatch, 1)
+            inputs.check_int("steps_per_dispatch", steps_per_dispatch, 1)
         self.steps_per_dispatch = steps_per_dispatch
-        self.device_data_limit_bytes = device_data_limit_bytes
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
         self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
-        self._multiprocess = sharding_lib.is_multiprocess(self.mesh)
+        self._feeder = Feeder(self.mesh, device_data_limit_bytes)
         self._platform = self.mesh.devices.flat[0].platform
-        if compiler_options is not None and not isinstance(compiler_options, Mapping):
-            raise ValueError(
-                "compiler_options: expected a dict of XLA option names to values; got "
-                f"{type(compiler_options).__name__}"
-            )
+        compiler_options = inputs.check_compiler_options(compiler_options)
         self.compiler_options = (
             default_compiler_options(self._platform)
             if compiler_options is None
             else dict(compiler_options)
         )
-        self.state: TrainState | None = None
-        self.epoch = 0  # epochs completed over all fit calls
-        # Steps done inside the current epoch and its metric accumulator: a checkpoint taken
-        # mid-epoch stores both, and ``resume_mid_epoch`` puts them back for an exact resume.
-        self.position = 0
-        self.steps_per_epoch = 0  # of the current fit
-        self.global_step = 0  # optimizer steps so far (= state.step), kept on the host
-        self._resume_acc: dict[str, Any] | None = None
-        self.stop_training = False
+        self.loop = TrainLoop()
+        self._resume_pending = False  # the loop's position and metrics continue an epoch
         self._steps: Steps | None = None
         self._built_for: tuple[int, int | None] | None = None
-        self._input_shape: tuple[int, ...] | None = None
-        self._num_outputs: int | None = None
 
-    # ----------------------------------------------------------------------------- inputs
-    def _check_input(self, name: str, x: np.ndarray) -> None:
-        """Checks x against the model before anything compiles (abstract evaluation only)."""
-        _check_finite(name, x)
-        if self._input_shape is not None:
-            if tuple(x.shape[1:]) != self._input_shape:
-                raise ValueError(
-                    f"{name}: expected examples of shape {self._input_shape} (what the model was "
-                    f"built with); got {tuple(x.shape[1:])}"
-                )
-            return
-        sample = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-        key = jax.random.key(0)
-        try:
-            out = jax.eval_shape(lambda s: self.model.init_with_output(key, s, train=False), sample)
-        except ValueError as error:
-            if str(error).startswith(f"{name}:"):
-                raise
-            raise ValueError(
-                f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
-            ) from None
-        except TypeError as error:
-            raise ValueError(
-                f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
-            ) from None
-        logits = out[0]
-        if logits.ndim != 2 or logits.shape[0] != len(x):
-            raise ValueError(
-                f"model: expected outputs of shape (batch, num_outputs); got {logits.shape}"
-            )
-        self._input_shape = tuple(x.shape[1:])
-        self._num_outputs = int(logits.shape[1])
-
-    def _prepare_xy(self, x: Any, y: Any, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
-        x = _as_array(f"{prefix}x", x)
-        y = _as_array(f"{prefix}y", y)
-        if len(x) != len(y):
-            raise ValueError(
-                f"{prefix}x and {prefix}y: expected the same number of examples; got "
-                f"{len(x)} in {prefix}x and {len(y)} in {prefix}y"
-            )
-        if len(x) == 0:
-            raise ValueError(f"{prefix}x: expected at least one example; got 0")
-        self._check_input(f"{prefix}x", x)
-        losses_lib.check_targets(self.loss, y, self._num_outputs, argument=f"{prefix}y")
-        if x.dtype != np.float32:
-            # Into aligned memory, which a CPU device then uses without another copy.
-            converted = sharding_lib.aligned_empty(x.shape, np.float32)
-            np.copyto(converted, x, casting="unsafe")
-            x = converted
-        return x, self._targets_dtype(y)
-
-    def _targets_dtype(self, y: np.ndarray) -> np.ndarray:
-        if self.loss.target_kind == "int_labels":
-            return y.reshape(len(y)).astype(np.int32)
-        return y.astype(np.float32, copy=False)
-
-    def _global_count(self, local: int) -> int:
-        """The number of examples over all processes (each passes its own rows)."""
-        if not self._multiprocess:
-            return local
-        from jax.experimental import multihost_utils
-
-        counts = np.asarray(multihost_utils.process_allgather(np.int64(local)))
-        return int(counts.sum())
-
-    def _place(self, name: str, array: np.ndarray, n: int) -> jax.Array | np.ndarray:
-        """The global array of ``n`` rows (split over the data axis), or the host array itself
-        when it is too big for the devices (then streamed)."""
-        if array.nbytes * (n / max(len(array), 1)) <= self.device_data_limit_bytes:
-            try:
-                return sharding_lib.global_rows(array, n, self.mesh)
-            except ValueError as error:
-                raise ValueError(str(error).replace("x:", f"{name}:", 1)) from None
-        if self._multiprocess:
-            raise ValueError(
-                f"{name}: {array.nbytes / 2**20:.0f} MiB per process is over "
-                f"device_data_limit_bytes={self.device_data_limit_bytes}, and streaming from the "
-                "host is single-process only; raise device_data_limit_bytes"
-            )
-        return array
-
-    def _batches(self, key, n: int, batch_size: int, num_batches: int, shuffle: bool):
-        """An epoch's (index, weight) arrays, batch axis split over the mesh's data axis.
-
-        The permutation is drawn on the host by numpy, seeded by the key's data: XLA CPU's sort
-        took ~35 ms for 60,000 examples (8 % of an MLP epoch), numpy takes ~1 ms.
-        """
-        if shuffle:
-            order = np.random.default_rng(np.asarray(jax.random.key_data(key))).permutation(n)
-        else:
-            order = np.arange(n)
-        idx, weight = _padded_batches(order, batch_size, num_batches)
-        placement = sharding_lib.batch_sharding(self.mesh)
-        return sharding_lib.put_global(idx, placement), sharding_lib.put_global(weight, placement)
-
-    def _put_rows(self, array: np.ndarray) -> jax.Array:
-        """A host batch placed with its rows split over the data axis (single process)."""
-        return jax.device_put(array, sharding_lib.row_sharding(self.mesh))
+    @property
+    def device_data_limit_bytes(self) -> int:
+        """Datasets larger than this are streamed from the host."""
+        return self._feeder.device_data_limit_bytes
 
     # ----------------------------------------------------------------------------- state
-    def initialize(self, x: Any, *, steps_per_epoch: int, epochs: int | None = None) -> TrainState:
+    def initialize(
+        self,
+        x: Any,
+        *,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        drop_remainder: bool = False,
+        steps_per_epoch: int | None = None,
+    ) -> TrainState:
         """Builds the optimizer, the train state and the compiled steps without training.
 
-        ``fit`` does this itself; call it directly to restore a checkpoint into ``self.state``
-        before ``fit``. ``x`` only needs the right example shape (``x[:1]`` will do);
-        ``epochs`` is the run's total length (cosine schedules default to it). The steps are
-        rebuilt (and so recompiled) only when these change, since schedules depend on them.
+        ``fit`` does this itself; call it directly to restore a checkpoint into the state before
+        ``fit``, or to see the model's variables. Pass the training inputs ``x`` (this process's
+        rows) and ``batch_size``: the optimizer's schedules are built from the epoch's length,
+        computed here as ``fit`` computes it (or pass ``steps_per_epoch`` with any ``x`` of the
+        right example shape). ``epochs`` is the run's total length (cosine schedules default to
+        it). The steps are rebuilt (and so recompiled) only when these change.
         """
-        x = _as_array("x", x)
-        self._check_input("x", x)
+        x = inputs.as_array("x", x)
+        self._inputs.check_x("x", x)
+        if steps_per_epoch is None:
+            batch_size = inputs.check_int("batch_size", batch_size, 1)
+            n = self._feeder.global_count(len(x))
+            steps_per_epoch = feeding.steps_per_epoch(n, batch_size, drop_remainder)
         if self._steps is not None and self._built_for == (steps_per_epoch, epochs):
             return self.state
         if isinstance(self.optimizer, optax.GradientTransformation):
@@ -311,20 +178,7 @@ class Trainer:
         else:
             tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
         if self.state is None:
-            shape = (1, *self._input_shape)
-
-            def init() -> TrainState:
-                sample = jnp.zeros(shape, jnp.float32)
-                return create_train_state(self.model, tx, sample, seed=self.seed)
-
-            # One compiled initialisation (op-by-op it dispatched dozens of small compiles),
-            # created replicated on the mesh. It runs once, so on CPU it is compiled without
-            # LLVM's optimisations: 0.7 s -> 0.2 s (MLP), 1.2 s -> 0.3 s (CNN); uniform
-            # initialisers give the same bits, normal ones (erfinv) differ in the last bits.
-            options = _INIT_COMPILER_OPTIONS if self._platform == "cpu" else None
-            self.state = jax.jit(
-                init, out_shardings=sharding_lib.replicated(self.mesh), compiler_options=options
-            )()
+            self.state = self._init_state(tx)
         self._steps = make_steps(
             self.model,
             self.loss,
@@ -336,6 +190,22 @@ class Trainer:
         )
         self._built_for = (steps_per_epoch, epochs)
         return self.state
+
+    def _init_state(self, tx: optax.GradientTransformation) -> TrainState:
+        shape = (1, *self._inputs.input_shape)
+
+        def init() -> TrainState:
+            sample = jnp.zeros(shape, jnp.float32)
+            return create_train_state(self.model, tx, sample, seed=self.seed)
+
+        # One compiled initialisation (op by op it dispatched dozens of small compiles), created
+        # replicated on the mesh. It runs once, so on CPU it is compiled without LLVM's
+        # optimisations (uniform initialisers give the same bits; normal ones, through erfinv,
+        # differ in the last bits).
+        options = _INIT_COMPILER_OPTIONS if self._platform == "cpu" else None
+        return jax.jit(
+            init, out_shardings=sharding_lib.replicated(self.mesh), compiler_options=options
+        )()
 
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
@@ -351,6 +221,29 @@ class Trainer:
         if self.state is None:
             raise RuntimeError("The model has no variables yet: call fit() first.")
         return self.state.variables
+
+    def empty_train_metrics(self) -> dict[str, Any]:
+        """An empty train accumulator, replicated over the mesh (also the template for
+        restoring a mid-epoch one)."""
+        return sharding_lib.replicate(self._steps.empty_train_metrics(), self.mesh)
+
+    def resume_mid_epoch(self, position: int, metrics: dict[str, Any]) -> None:
+        """Continues the current epoch (``self.epoch``) at step ``position`` with the metrics
+        accumulated so far; the epoch's example order is a function of (seed, epoch), so the
+        remaining batches are exactly those an uninterrupted run would see."""
+        self.loop.position = inputs.check_int("position", position, 0)
+        self.loop.metrics = metrics
+        self._resume_pending = True
+
+    def restore(self, snapshot: Any) -> None:
+        """Puts a training checkpoint's contents back (``jaxnn.checkpoint.restore_training``):
+        the state, the epochs and steps done, the history and a partial epoch's position."""
+        self.state = snapshot.state
+        self.loop.epoch = snapshot.epoch
+        self.loop.global_step = snapshot.step
+        self.loop.history = {key: list(values) for key, values in snapshot.history.items()}
+        if snapshot.position:
+            self.resume_mid_epoch(snapshot.position, snapshot.metrics)
 
     # ----------------------------------------------------------------------------- fit
     def fit(
@@ -377,7 +270,8 @@ class Trainer:
           epochs: epochs to run (continuing from earlier ``fit`` calls).
           batch_size: examples per step; ``len(x)`` gives batch gradient descent, 1 gives SGD.
           validation_split: fraction in [0, 1) of (x, y) held out for validation, chosen by a
-            permutation derived from ``seed`` (not the last examples as in Keras).
+            permutation derived from ``seed`` (``jaxnn.data.train_validation_split``; not the
+            last examples as in Keras).
           validation_data: ``(x_val, y_val)``; overrides ``validation_split``.
           shuffle: draw a new example order every epoch (from ``fold_in(data_key, epoch)``).
           drop_remainder: drop the last partial batch instead of padding and masking it.
@@ -388,210 +282,119 @@ class Trainer:
         Returns:
           A dict of lists, one entry per epoch: ``loss``, each metric, ``grad_norm``,
           ``learning_rate``, ``train_time_s``, ``epoch_time_s`` and, with validation,
-          ``val_loss`` and ``val_<metric>``.
+          ``val_loss`` and ``val_<metric>``. ``trainer.loop.history`` holds every epoch's.
         """
-        epochs = _check_int("epochs", epochs, 0)
-        batch_size = _check_int("batch_size", batch_size, 1)
-        if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
-            raise ValueError(
-                f"validation_split: expected a float in [0, 1); got {validation_split!r}"
-            )
-        x, y = self._prepare_xy(x, y)
+        epochs = inputs.check_int("epochs", epochs, 0)
+        batch_size = inputs.check_int("batch_size", batch_size, 1)
+        validation_split = inputs.check_validation_split(validation_split)
+        x, y = self._inputs.prepare_xy(x, y)
+        (x, y), validation = self._split(x, y, validation_split, validation_data)
+        sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
+        train = self._feeder.feed(x, y)
+        total = feeding.steps_per_epoch(train.n, batch_size, drop_remainder)
+        self.initialize(x, steps_per_epoch=total, epochs=self.epoch + epochs)
+        val = None
+        if validation is not None:
+            val = self._feeder.feed(*validation, prefix="validation_data ")
+        loop = self.loop
+        loop.steps_per_epoch = total
+        callbacks = list(callbacks)
+        if verbose:
+            callbacks.append(ProgressLogger(loop.steps_per_epoch, loop.epoch + epochs))
+        done_before = {key: len(values) for key, values in loop.history.items()}
+        loop.stop_training = False
+        for callback in callbacks:
+            callback.on_train_begin(loop)
+        for _ in range(epochs):
+            epoch = loop.epoch
+            for callback in callbacks:
+                callback.on_epoch_begin(loop, epoch)
+            logs = self._run_epoch(train, val, batch_size, shuffle, callbacks)
+            loop.record(logs)
+            for callback in callbacks:
+                callback.on_epoch_end(loop, epoch, logs)
+            if loop.stop_training:
+                break
+        history = {k: v[done_before.get(k, 0) :] for k, v in loop.history.items()}
+        for callback in callbacks:
+            callback.on_train_end(loop, history)
+        return history
+
+    def _split(self, x, y, validation_split: float, validation_data) -> tuple:
+        """``((x, y), (x_val, y_val) or None)`` from ``validation_data`` or ``validation_split``."""
         if validation_data is not None:
             if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
                 raise ValueError("validation_data: expected a tuple (x_val, y_val)")
-            x_val, y_val = self._prepare_xy(*validation_data, prefix="validation_data ")
-        elif validation_split > 0:
-            if self._multiprocess:
-                raise ValueError(
-                    "validation_split: not available in a multi-process run (each process holds "
-                    "only its rows); split the data first and pass validation_data"
-                )
-            order = np.random.default_rng(self.seed).permutation(len(x))
-            num_val = int(round(len(x) * validation_split))
-            if num_val == 0 or num_val == len(x):
-                raise ValueError(
-                    f"validation_split: {validation_split} of {len(x)} examples leaves "
-                    f"{len(x) - num_val} for training and {num_val} for validation; "
-                    "both must be > 0"
-                )
-            x_val, y_val = x[order[:num_val]], y[order[:num_val]]
-            x, y = x[order[num_val:]], y[order[num_val:]]
-        else:
-            x_val = y_val = None
-
-        sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
-        n = self._global_count(len(x))
-        if drop_remainder and n < batch_size:
+            return (x, y), self._inputs.prepare_xy(*validation_data, prefix="validation_data ")
+        if not validation_split:
+            return (x, y), None
+        if self._feeder.multiprocess:
             raise ValueError(
-                f"batch_size: {batch_size} is larger than the {n} training examples, and "
-                "drop_remainder=True would leave no batch"
+                "validation_split: not available in a multi-process run (each process holds "
+                "only its rows); split the data first and pass validation_data"
             )
-        steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
-        self.initialize(x[:1], steps_per_epoch=steps_per_epoch, epochs=self.epoch + epochs)
-        x_dev, y_dev = self._place("x", x, n), self._place("y", y, n)
-        if x_val is not None:
-            n_val = self._global_count(len(x_val))
-            val_dev = (
-                self._place("validation_data x", x_val, n_val),
-                self._place("validation_data y", y_val, n_val),
-                n_val,
-            )
-        else:
-            val_dev = None
-        per_dispatch = self.dispatch_size(steps_per_epoch)
-        self.steps_per_epoch = steps_per_epoch
-        data_key = rng_streams(self.seed)["data"]
+        from jaxnn.data.preprocess import train_validation_split
 
-        callbacks = list(callbacks)
-        if verbose:
-            callbacks.append(ProgressLogger(steps_per_epoch, self.epoch + epochs))
-        history: dict[str, list[float]] = {}
-        self.stop_training = False
-        for cb in callbacks:
-            cb.on_train_begin(self)
-        for _ in range(epochs):
-            epoch = self.epoch
-            for cb in callbacks:
-                cb.on_epoch_begin(self, epoch)
-            start = time.perf_counter()
-            train_logs = self._train_epoch(
-                x_dev,
-                y_dev,
-                n,
-                jax.random.fold_in(data_key, epoch),
-                shuffle,
-                batch_size,
-                steps_per_epoch,
-                per_dispatch,
-                callbacks,
-            )
-            logs = dict(train_logs)  # fetching the metrics waited for the epoch's last step
-            logs["train_time_s"] = time.perf_counter() - start
-            if val_dev is not None:
-                val_logs = self._evaluate_arrays(*val_dev, batch_size=max(batch_size, _EVAL_BATCH))
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            logs["learning_rate"] = float(optim.current_learning_rate(self.state.opt_state))
-            logs["epoch_time_s"] = time.perf_counter() - start
-            self.epoch += 1
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            for cb in callbacks:
-                cb.on_epoch_end(self, epoch, logs)
-            if self.stop_training:
-                break
-        for cb in callbacks:
-            cb.on_train_end(self, history)
-        return history
+        x, y, x_val, y_val = train_validation_split(x, y, validation_split, self.seed)
+        return (x, y), (x_val, y_val)
 
-    def _train_epoch(
-        self, x, y, n, key, shuffle, batch_size, steps_per_epoch, per_dispatch, callbacks
-    ) -> dict[str, float]:
+    def _run_epoch(self, train: Fed, val: Fed | None, batch_size, shuffle, callbacks) -> dict:
+        start = time.perf_counter()
+        logs = self._train_epoch(train, batch_size, shuffle, callbacks)
+        logs["train_time_s"] = time.perf_counter() - start  # the metrics fetch waited for it
+        if val is not None:
+            val_logs = self._evaluate_fed(val, max(batch_size, _EVAL_BATCH))
+            logs.update({f"val_{k}": v for k, v in val_logs.items()})
+        logs["learning_rate"] = float(optim.current_learning_rate(self.state.opt_state))
+        logs["epoch_time_s"] = time.perf_counter() - start
+        return logs
+
+    def _train_epoch(self, train: Fed, batch_size: int, shuffle: bool, callbacks) -> dict:
+        loop, total = self.loop, self.loop.steps_per_epoch
+        k = self.dispatch_size(total)
         # Rounded up to whole dispatches: the last one skips the steps past the epoch's end, so
         # one compiled function serves the whole epoch.
-        num_batches = -(-steps_per_epoch // per_dispatch) * per_dispatch
-        idx, weight = self._batches(key, n, batch_size, num_batches, shuffle)
-        on_host = isinstance(x, np.ndarray)
-        if on_host:
-            idx_host = np.asarray(idx)
-        acc = self.empty_train_metrics()
-        done = 0
-        if self._resume_acc is not None:
-            acc, done = self._resume_acc, self.position
-            self._resume_acc = None
-        self.position = done
-        self.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
+        key = jax.random.fold_in(rng_streams(self.seed)["data"], loop.epoch) if shuffle else None
+        plan = self._feeder.plan(train.n, batch_size, round_up(total, k), shuffle_key=key)
+        if self._resume_pending:
+            metrics, done = loop.metrics, loop.position
+        else:
+            metrics, done = self.empty_train_metrics(), 0
+        self._resume_pending = False
+        loop.position = done
+        loop.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
         # Only the last batch can hold padding, and only BatchNorm needs telling (the loss and
         # metrics weigh every example anyway): a compiled variant of its own just for that.
-        padded = steps_per_epoch * batch_size > n and bool(self.state.batch_stats)
-        k = per_dispatch
-        while done < steps_per_epoch:
-            steps = min(k, steps_per_epoch - done)
-            masked = padded and done + steps == steps_per_epoch
-            if on_host:  # streamed: gather on the host, copy (asynchronously) to the device
-                flat = idx_host[done : done + k].reshape(-1)
-                xs, ys = self._put_rows(x[flat]), self._put_rows(y[flat])
-                local = np.arange(flat.size, dtype=np.int32).reshape(k, batch_size)
-                chunk_idx = jax.device_put(local, sharding_lib.batch_sharding(self.mesh))
-                self.state, acc = self._steps.train(
-                    self.state,
-                    acc,
-                    xs,
-                    ys,
-                    chunk_idx,
-                    weight[done : done + k],
-                    0,
-                    steps,
-                    k=k,
-                    masked=masked,
-                )
-            else:
-                self.state, acc = self._steps.train(
-                    self.state, acc, x, y, idx, weight, done, steps_per_epoch, k=k, masked=masked
-                )
+        padded = total * batch_size > train.n and bool(self.state.batch_stats)
+        while done < total:
+            steps = min(k, total - done)
+            x, y, idx, weight, start = train.inputs(plan, done, k)
+            masked = padded and done + steps == total
+            self.state, metrics = self._steps.train(
+                self.state, metrics, x, y, idx, weight, start, start + steps, k=k, masked=masked
+            )
             done += steps
-            self.position = done
-            self.global_step += steps
-            for cb in callbacks:
-                cb.on_dispatch_end(self, done, acc)
-        self.position = 0
-        return self._finish_metrics(acc)
-
-    def empty_train_metrics(self) -> dict[str, Any]:
-        """An empty train accumulator, replicated over the mesh (also the template for
-        restoring a mid-epoch one)."""
-        return sharding_lib.replicate(self._steps.empty_train_metrics(), self.mesh)
-
-    def resume_mid_epoch(self, position: int, acc: dict[str, Any]) -> None:
-        """Continues the current epoch (``self.epoch``) at step ``position`` with the metrics
-        accumulated so far; the epoch's example order is a function of (seed, epoch), so the
-        remaining batches are exactly those an uninterrupted run would see."""
-        self.position = _check_int("position", position, 0)
-        self._resume_acc = acc
-
-    def _finish_metrics(self, acc: dict[str, Any]) -> dict[str, float]:
-        """Fetches the accumulated metrics once and stops a diverged run."""
-        check_finite(acc, self.epoch)
-        return metrics_lib.compute_collection(split_train_metrics(acc)[0])
+            loop.position, loop.global_step, loop.metrics = done, loop.global_step + steps, metrics
+            for callback in callbacks:
+                callback.on_dispatch_end(loop, done, metrics)
+        check_finite(metrics, loop.epoch)  # before anything is logged or checkpointed
+        loop.position, loop.metrics = 0, self.empty_train_metrics()
+        return metrics_lib.compute_collection(split_train_metrics(metrics)[0])
 
     # ----------------------------------------------------------------------------- eval
-    def _eval_batch_size(self, batch_size: int, n: int) -> int:
-        """``min(batch_size, n)`` rounded up to split evenly over the data axis."""
-        parts = sharding_lib.data_size(self.mesh)
-        return -(-min(batch_size, n) // parts) * parts
-
-    def _evaluate_arrays(self, x, y, n: int, *, batch_size: int) -> dict[str, float]:
-        batch_size = self._eval_batch_size(batch_size, n)
-        num_batches = math.ceil(n / batch_size)
-        # Whole dispatches (weight-0 batches fill the last one): one compiled evaluate per size.
-        per_dispatch = 1 if isinstance(x, np.ndarray) else self.dispatch_size(num_batches)
-        num_batches = -(-num_batches // per_dispatch) * per_dispatch
-        idx, weight = self._batches(None, n, batch_size, num_batches, False)
-        acc = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
-        if isinstance(x, np.ndarray):
-            idx_host = np.asarray(idx)
-            local = jax.device_put(
-                np.arange(batch_size, dtype=np.int32)[None], sharding_lib.batch_sharding(self.mesh)
-            )
-            for i in range(num_batches):
-                flat = idx_host[i]
-                acc = self._steps.evaluate(
-                    self.variables,
-                    acc,
-                    self._put_rows(x[flat]),
-                    self._put_rows(y[flat]),
-                    local,
-                    weight[i : i + 1],
-                    0,
-                )
-        else:
-            # Batches per dispatch as in training: a scan where it pays (MLPs), one batch per
-            # call for convolutional models.
-            for done in range(0, num_batches, per_dispatch):
-                acc = self._steps.evaluate(
-                    self.variables, acc, x, y, idx, weight, done, k=per_dispatch
-                )
-        return metrics_lib.compute_collection(acc)
+    def _evaluate_fed(self, data: Fed, batch_size: int) -> dict[str, float]:
+        batch_size = self._feeder.eval_batch_size(batch_size, data.n)
+        num_batches = ceil_div(data.n, batch_size)
+        # Whole dispatches (weight-0 batches fill the last one): one compiled evaluate per size;
+        # a scan where it pays (MLPs), one batch per call for convolutional models and streams.
+        k = self.dispatch_size(num_batches) if data.resident else 1
+        plan = self._feeder.plan(data.n, batch_size, round_up(num_batches, k))
+        metrics = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
+        variables = self.variables
+        for done in range(0, plan.idx.shape[0], k):
+            x, y, idx, weight, start = data.inputs(plan, done, k)
+            metrics = self._steps.evaluate(variables, metrics, x, y, idx, weight, start, k=k)
+        return metrics_lib.compute_collection(metrics)
 
     def _require_state(self, what: str) -> None:
         if self.state is None:
@@ -600,34 +403,21 @@ class Trainer:
     def evaluate(self, x: Any, y: Any, *, batch_size: int = _EVAL_BATCH) -> dict[str, float]:
         """Returns the mean loss and metrics over (x, y), every example counted exactly once."""
         self._require_state("evaluate")
-        batch_size = _check_int("batch_size", batch_size, 1)
-        x, y = self._prepare_xy(x, y)
-        n = self._global_count(len(x))
-        return self._evaluate_arrays(
-            self._place("x", x, n), self._place("y", y, n), n, batch_size=batch_size
-        )
+        batch_size = inputs.check_int("batch_size", batch_size, 1)
+        x, y = self._inputs.prepare_xy(x, y)
+        return self._evaluate_fed(self._feeder.feed(x, y), batch_size)
 
     def predict(self, x: Any, *, batch_size: int = _EVAL_BATCH) -> np.ndarray:
         """Returns the model's outputs for x as numpy: probabilities for classifiers (softmax or
         sigmoid, by the loss), values for regression."""
         self._require_state("predict")
-        batch_size = _check_int("batch_size", batch_size, 1)
-        x = _as_array("x", x)
-        self._check_input("x", x)
-        x = x.astype(np.float32, copy=False)
-        n = len(x)
-        batch_size = self._eval_batch_size(batch_size, n)
-        padded = math.ceil(n / batch_size) * batch_size
-        outputs = []
-        for start in range(0, padded, batch_size):
-            batch = x[start : start + batch_size]
-            if len(batch) < batch_size:  # pad to keep one compiled shape
-                pad = np.zeros((batch_size - len(batch), *x.shape[1:]), np.float32)
-                batch = np.concatenate([batch, pad])
-            if self._multiprocess:  # every process passes the same x: split it by rows
-                local = batch[sharding_lib.process_rows(batch_size, self.mesh)]
-                batch = sharding_lib.global_rows(local, batch_size, self.mesh)
-            else:
-                batch = self._put_rows(batch)
-            outputs.append(self._steps.predict(self.variables, batch))
-        return np.concatenate([np.asarray(o) for o in outputs])[:n]
+        batch_size = inputs.check_int("batch_size", batch_size, 1)
+        data = self._feeder.host(self._inputs.prepare_x(x))
+        batch_size = self._feeder.eval_batch_size(batch_size, data.n)
+        plan = self._feeder.plan(data.n, batch_size, ceil_div(data.n, batch_size))
+        variables = self.variables
+        outputs = [
+            self._steps.predict(variables, data.rows(plan, i, 1)[0])
+            for i in range(plan.idx.shape[0])
+        ]
+        return np.concatenate([np.asarray(o) for o in outputs])[: data.n]

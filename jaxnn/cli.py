@@ -1,0 +1,153 @@
+"""The command line of every experiment module (Flax examples' ``main.py``): flags, config
+overrides, signals, multi-process start-up and the compilation cache around ``jaxnn.run.run``.
+
+    python -m experiments.<name> [--workdir=checkpoints/<name>] [--config.<key>=<value> ...]
+
+An experiment module ends with ``main(get_config, "checkpoints/<name>")``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from jaxnn import sharding
+from jaxnn.callbacks import StopRequest
+from jaxnn.run import run
+
+__all__ = ["enable_compilation_cache", "main"]
+
+# Errors a user can fix: one `error:` line and exit 2, no traceback.
+_USER_ERRORS = (ValueError, PermissionError, FileNotFoundError, sharding.DistributedInitError)
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so a second run skips XLA compilation.
+
+    Args:
+      path: the cache folder; default ``$JAXNN_COMPILATION_CACHE`` or ``~/.cache/jaxnn/xla``.
+        ``"off"`` (or the variable set to ``off``) leaves the cache disabled.
+
+    Returns:
+      The folder in use, or None when disabled. Every compiled step is cached (JAX's default
+      skips those compiling in under a second, which is most of ours).
+    """
+    path = path or os.environ.get("JAXNN_COMPILATION_CACHE") or Path.home() / ".cache/jaxnn/xla"
+    if str(path) == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return str(path)
+
+
+def _command() -> str:
+    """How the user started this process, for messages: ``python -m experiments.<name> ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None else "experiments.<name>"
+    return f"python -m {module} {' '.join(sys.argv[1:])}".rstrip()
+
+
+def define_flags(config: ml_collections.ConfigDict, default_workdir: str) -> None:
+    """The experiment's flags: ``--config.*`` (a locked config: an unknown key is an error that
+    names close matches), ``--workdir`` and the multi-process ones (or their ``JAXNN_*``
+    environment variables)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config.lock()
+    try:  # the overrides are parsed here, against the locked config
+        config_flags.DEFINE_config_dict("config", config, "The experiment's configuration.")
+    except (AttributeError, KeyError) as error:
+        raise SystemExit(_unknown_key(error)) from None
+    flags.DEFINE_string("workdir", default_workdir, "Where the run's files and checkpoints go.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+    flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every process to join.")
+
+
+def _unknown_key(error: BaseException) -> str:
+    """The locked config's error (``'learning_rat'`` and a "Did you mean" line) as one line
+    naming the whole key the user typed."""
+    while isinstance(error, BaseException) and error.args:
+        error = error.args[0]
+    name, _, hint = str(error).partition("\n")
+    name = name.strip("'\"")
+    typed = next(
+        (
+            arg.removeprefix("--").split("=", 1)[0]
+            for arg in sys.argv[1:]
+            if arg.startswith("--config.") and name in arg.split("=", 1)[0].split(".")
+        ),
+        f"config.{name}",
+    )
+    suggestion = re.search(r'Did you mean "([^"]+)"', hint)
+    if suggestion:
+        parts = typed.split(".")
+        parts[parts.index(name)] = suggestion.group(1)
+        hint = f" Did you mean --{'.'.join(parts)}?"
+    return (
+        f"error: --{typed}: unknown config key.{hint if suggestion else ''} "
+        f"({_command().split(' --')[0]} --helpfull lists every key)"
+    )
+
+
+def _train(stop: StopRequest) -> None:
+    from absl import flags
+
+    sharding.initialize_distributed(
+        flags.FLAGS.coordinator_address,
+        flags.FLAGS.num_processes,
+        flags.FLAGS.process_id,
+        timeout_s=flags.FLAGS.distributed_timeout,
+    )
+    enable_compilation_cache()
+    run(flags.FLAGS.config, flags.FLAGS.workdir, stop=stop)
+
+
+def _interrupted(workdir: str) -> None:
+    saved = Path(workdir, "checkpoints")
+    if saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir()):
+        message = f"Interrupted: the state is saved in {saved}. Resume with the same command"
+    else:
+        message = "Interrupted before the first checkpoint; rerun to start"
+    if jax.process_index() == 0:
+        print(f"{message}: {_command()}", flush=True)
+    sys.exit(130)
+
+
+def main(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: str) -> None:
+    """Runs an experiment from the command line: parses flags, then ``jaxnn.run.run``.
+
+    SIGINT and SIGTERM finish the step in flight, save a checkpoint and exit 130 with the
+    command that resumes; a bad value exits 2 with one ``error:`` line.
+    """
+    from absl import app, flags
+    from absl import logging as absl_logging
+
+    define_flags(get_config(), default_workdir)
+
+    def _main(argv: list[str]) -> None:
+        del argv
+        if not flags.FLAGS["verbosity"].present:  # tfds and jax log a lot at INFO
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        stop = StopRequest()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: stop.request())
+        try:
+            _train(stop)
+        except KeyboardInterrupt:
+            _interrupted(flags.FLAGS.workdir)
+        except _USER_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(_main)

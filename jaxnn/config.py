@@ -1,0 +1,191 @@
+"""An experiment's configuration: every key with its default (``base_config``), the one check of
+a whole config (``check``), and what a config builds (the model, the optimizer config).
+
+Experiments override a few keys of ``base_config()``; the command line overrides more
+(``--config.<key>=<value>``). ``check`` runs before a run writes anything or loads data, so a
+bad value never leaves a half-started workdir behind.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from jaxnn import losses, metrics, models, optim
+from jaxnn.data.augment import AugmentConfig, default_augment_options
+
+__all__ = ["DATASETS", "base_config", "build_model", "check", "optimizer_config"]
+
+ConfigDict = ml_collections.ConfigDict
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "regression", "binary", "csv")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def base_config() -> ConfigDict:
+    """Every key an experiment can set, with defaults; experiments override a few of them."""
+    c = ConfigDict()
+    c.name = "experiment"
+    c.seed = 0  # the one seed: init, dropout, data order, validation split, augmentation
+    c.epochs = 10
+    c.batch_size = 128
+    c.steps_per_dispatch = config_dict.placeholder(int)  # None: chosen by model (see Trainer)
+    c.fresh = False  # True: delete the workdir's run and start over
+    c.verbose = 1
+    c.dataset = ConfigDict(
+        {
+            "name": "fashion_mnist",  # one of DATASETS
+            "data_dir": "",  # prepared tfds data (default $JAXNN_TFDS_DIR or ~/tensorflow_datasets)
+            "source_dir": "",  # original distribution files (default: $JAXNN_DATA_DIR, Debian's)
+            "validation_split": 0.1,  # carved from train by seed; test is never touched
+            "normalization": "scale",  # scale: [0, 1]; standardize: per-channel mean/std of train
+            "limit_train": 0,  # >0: use only the first N training examples (quick runs, tests)
+            "limit_test": 0,
+            "num_examples": 2000,  # generated tabular data
+            "num_features": 10,
+            "noise": 0.1,
+            "test_split": 0.2,
+            "csv_path": "",
+            "target": "target",
+        }
+    )
+    c.model = ConfigDict(
+        {
+            "name": "mlp",  # mlp | cnn
+            "features": (128, 128),
+            "filters": (32, 64),
+            "kernel_size": 3,
+            "pool": "max",
+            "dense": (128,),
+            "activation": "relu",
+            "dropout_rate": 0.0,
+            "batch_norm": False,
+            "kernel_init": "glorot_uniform",
+            "dtype": "float32",  # bfloat16: mixed precision with float32 parameters
+        }
+    )
+    c.loss = "sparse_categorical_crossentropy"
+    c.metrics = ("accuracy",)
+    c.optimizer = optim.default_config()
+    c.augment = ConfigDict(default_augment_options())  # AugmentConfig's options, all off
+    c.monitor = "val_accuracy"  # best epoch, best checkpoints, early stopping, plateau
+    c.monitor_mode = "max"
+    c.early_stopping = ConfigDict(
+        {"enabled": False, "patience": 5, "min_delta": 0.0, "restore_best_weights": True}
+    )
+    c.reduce_lr = ConfigDict(
+        {
+            "enabled": False,
+            "factor": 0.5,
+            "patience": 5,
+            "min_lr": 1e-5,
+            "cooldown": 0,
+            "min_delta": 1e-4,
+        }
+    )
+    # Fine-tuning: copy these layers from another run's best checkpoint; freeze=True also gives
+    # them zero updates (adds them to optimizer.freeze).
+    c.init_from = ConfigDict(
+        {"workdir": "", "layers": config_dict.placeholder(tuple), "freeze": False}
+    )
+    c.checkpoint = ConfigDict({"enabled": True, "every_steps": 0, "keep_latest": 2, "keep_best": 1})
+    return c
+
+
+def _expect(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key}: expected {expected}; got {value!r}")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check(config: ConfigDict) -> None:
+    """Checks a whole config: names against their registries, numbers against their ranges.
+
+    Raises:
+      ValueError: naming the key, what was expected and what was given.
+    """
+    _expect(_is_int(config.epochs, 1), "epochs", "an integer >= 1", config.epochs)
+    _expect(_is_int(config.batch_size, 1), "batch_size", "an integer >= 1", config.batch_size)
+    _expect(_is_int(config.seed, 0), "seed", "an integer >= 0", config.seed)
+    spd = config.steps_per_dispatch
+    _expect(spd is None or _is_int(spd, 1), "steps_per_dispatch", "None or an integer >= 1", spd)
+    _expect(
+        config.dataset.name in DATASETS,
+        "dataset.name",
+        f"one of {list(DATASETS)}",
+        config.dataset.name,
+    )
+    normalization = config.dataset.normalization
+    _expect(
+        normalization in ("scale", "standardize"),
+        "dataset.normalization",
+        "'scale' or 'standardize'",
+        normalization,
+    )
+    _check_model(config.model)
+    losses.get(config.loss)  # raises, listing the valid names
+    for name in config.metrics:
+        metrics.get(name)
+    optim.check_config(optimizer_config(config))
+    AugmentConfig.from_options(config.augment.to_dict())
+    _expect(
+        config.monitor_mode in ("max", "min"), "monitor_mode", "'max' or 'min'", config.monitor_mode
+    )
+    every = config.checkpoint.every_steps
+    _expect(_is_int(every, 0), "checkpoint.every_steps", "an integer >= 0", every)
+    keep = config.checkpoint.keep_latest
+    _expect(_is_int(keep, 1), "checkpoint.keep_latest", "an integer >= 1", keep)
+    keep = config.checkpoint.keep_best
+    _expect(_is_int(keep, 0), "checkpoint.keep_best", "an integer >= 0", keep)
+
+
+def _check_model(cfg: ConfigDict) -> None:
+    _expect(cfg.name in ("mlp", "cnn"), "model.name", "'mlp' or 'cnn'", cfg.name)
+    _expect(cfg.dtype in _DTYPES, "model.dtype", f"one of {list(_DTYPES)}", cfg.dtype)
+    models.get_activation(cfg.activation)
+    models.get_initializer(cfg.kernel_init)
+    rate = cfg.dropout_rate
+    _expect(
+        isinstance(rate, int | float) and 0 <= rate < 1 and math.isfinite(rate),
+        "model.dropout_rate",
+        "a float in [0, 1)",
+        rate,
+    )
+
+
+def build_model(cfg: ConfigDict, num_outputs: int) -> models.MLP | models.CNN:
+    """The model that ``cfg`` (the config's ``model`` part) describes."""
+    _check_model(cfg)
+    common = {
+        "num_outputs": num_outputs,
+        "activation": cfg.activation,
+        "dropout_rate": cfg.dropout_rate,
+        "batch_norm": cfg.batch_norm,
+        "kernel_init": cfg.kernel_init,
+        "dtype": _DTYPES[cfg.dtype],
+    }
+    if cfg.name == "mlp":
+        return models.MLP(features=tuple(cfg.features), **common)
+    return models.CNN(
+        filters=tuple(cfg.filters),
+        kernel_size=cfg.kernel_size,
+        pool=cfg.pool or None,
+        dense=tuple(cfg.dense),
+        **common,
+    )
+
+
+def optimizer_config(config: ConfigDict) -> dict[str, Any]:
+    """The optimizer part as a dict, with the fine-tuned layers frozen when ``init_from`` says
+    so (they join ``optimizer.freeze``)."""
+    optimizer = config.optimizer.to_dict()
+    if config.init_from.workdir and config.init_from.freeze:
+        layers = tuple(config.init_from.layers or ())
+        optimizer["freeze"] = tuple(dict.fromkeys((*optimizer.get("freeze", ()), *layers)))
+    return optimizer

@@ -1,0 +1,165 @@
+"""Argument checks at the Trainer's boundary: every array and option is checked here, against the
+model and the loss, before anything compiles, with errors that name the argument, what was
+expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnn import losses as losses_lib
+from jaxnn import metrics as metrics_lib
+from jaxnn import optim
+from jaxnn.sharding import aligned_empty
+
+__all__ = ["ModelInputs", "as_array", "check_int", "check_optimizer", "check_validation_split"]
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or a ValueError unless it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def as_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a numeric numpy array with a leading example axis."""
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - re-raised with the argument's name
+        raise ValueError(f"{name}: expected an array; got {type(value).__name__}") from error
+    if array.ndim == 0:
+        raise ValueError(f"{name}: expected an array with a leading example axis; got a scalar")
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+    ):
+        raise ValueError(f"{name}: expected a numeric array; got dtype {array.dtype}")
+    return array
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(
+            f"{name}: expected finite values; got NaN or Inf (first at index {tuple(bad)})"
+        )
+
+
+def check_validation_split(validation_split: Any) -> float:
+    """A fraction in [0, 1)."""
+    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
+        raise ValueError(f"validation_split: expected a float in [0, 1); got {validation_split!r}")
+    return float(validation_split)
+
+
+def check_optimizer(optimizer: Any) -> optax.GradientTransformation | dict[str, Any]:
+    """An optax transformation as it is, or a name / config dict checked by ``jaxnn.optim``."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    optimizer = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
+    optim.check_config(optimizer)  # names, keys and types, before anything is built
+    return optimizer
+
+
+def check_metric_names(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """Metric names from ``jaxnn.metrics`` (a single name may be given as a string)."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    for name in metrics:
+        metrics_lib.get(name)  # raises, listing the valid names
+    return tuple(metrics)
+
+
+def check_compiler_options(options: Any) -> Mapping[str, str] | None:
+    """None (the platform's defaults) or a dict of XLA option names to values."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(
+            "compiler_options: expected a dict of XLA option names to values; got "
+            f"{type(options).__name__}"
+        )
+    return options
+
+
+class ModelInputs:
+    """Checks arrays against one model and loss, and remembers the example shape they fix.
+
+    The first ``x`` checked fixes the example shape (found by abstract evaluation of the model,
+    so nothing compiles); later arrays must match it.
+    """
+
+    def __init__(self, model: nn.Module, loss: losses_lib.Loss):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model: expected a flax.linen Module; got {type(model).__name__}")
+        self.model = model
+        self.loss = loss
+        self.input_shape: tuple[int, ...] | None = None
+        self.num_outputs: int | None = None
+
+    def check_x(self, name: str, x: np.ndarray) -> None:
+        """Checks x against the model before anything compiles (abstract evaluation only)."""
+        _check_finite(name, x)
+        if self.input_shape is not None:
+            if tuple(x.shape[1:]) != self.input_shape:
+                raise ValueError(
+                    f"{name}: expected examples of shape {self.input_shape} (what the model was "
+                    f"built with); got {tuple(x.shape[1:])}"
+                )
+            return
+        logits = self._abstract_logits(name, x)
+        if logits.ndim != 2 or logits.shape[0] != len(x):
+            raise ValueError(
+                f"model: expected outputs of shape (batch, num_outputs); got {logits.shape}"
+            )
+        self.input_shape = tuple(x.shape[1:])
+        self.num_outputs = int(logits.shape[1])
+
+    def _abstract_logits(self, name: str, x: np.ndarray) -> jax.ShapeDtypeStruct:
+        sample = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+        key = jax.random.key(0)
+        try:
+            out = jax.eval_shape(lambda s: self.model.init_with_output(key, s, train=False), sample)
+        except ValueError as error:
+            if str(error).startswith(f"{name}:"):
+                raise
+            raise ValueError(
+                f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
+            ) from None
+        except TypeError as error:
+            raise ValueError(
+                f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
+            ) from None
+        return out[0]
+
+    def prepare_x(self, x: Any, name: str = "x") -> np.ndarray:
+        """``x`` checked and as float32 (in aligned memory, which a CPU device uses in place)."""
+        x = as_array(name, x)
+        self.check_x(name, x)
+        if x.dtype != np.float32:
+            converted = aligned_empty(x.shape, np.float32)
+            np.copyto(converted, x, casting="unsafe")
+            x = converted
+        return x
+
+    def prepare_xy(self, x: Any, y: Any, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` checked against the model and the loss: float32 x, int32 or float32 y."""
+        x = as_array(f"{prefix}x", x)
+        y = as_array(f"{prefix}y", y)
+        if len(x) != len(y):
+            raise ValueError(
+                f"{prefix}x and {prefix}y: expected the same number of examples; got "
+                f"{len(x)} in {prefix}x and {len(y)} in {prefix}y"
+            )
+        if len(x) == 0:
+            raise ValueError(f"{prefix}x: expected at least one example; got 0")
+        x = self.prepare_x(x, f"{prefix}x")
+        losses_lib.check_targets(self.loss, y, self.num_outputs, argument=f"{prefix}y")
+        if self.loss.target_kind == "int_labels":
+            return x, y.reshape(len(y)).astype(np.int32)
+        return x, y.astype(np.float32, copy=False)

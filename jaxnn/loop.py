@@ -1,0 +1,50 @@
+"""``TrainLoop``: what training has reached, the one object callbacks see.
+
+The ``Trainer`` keeps its progress here and hands this object, never itself, to every callback
+hook (as CLU's periodic actions see ``(step, t)``, not the loop that calls them). A callback reads
+the logs and the state, sets ``stop_training``, or replaces ``state`` (early stopping puts the best
+weights back, ReduceLROnPlateau changes the learning-rate scale in the optimizer state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxnn.state import TrainState
+
+__all__ = ["TrainLoop"]
+
+
+@dataclasses.dataclass
+class TrainLoop:
+    """The train state and where training stands, over every ``fit`` call of one Trainer.
+
+    Attributes:
+      state: the train state (params, batch_stats, opt_state, step, dropout key); a callback may
+        replace it with ``state.replace(...)``, keeping each leaf's shape, dtype and sharding.
+      epoch: epochs completed.
+      global_step: optimizer steps applied so far (``state.step``, counted on the host).
+      position: steps done inside the current epoch (0 between epochs).
+      steps_per_epoch: steps in an epoch of the current ``fit``.
+      metrics: the current epoch's metrics accumulated on device (a partial epoch's, restored
+        with ``position`` for an exact mid-epoch resume); None between epochs.
+      history: every finished epoch's logs, one list entry per epoch (``loss``, metrics,
+        ``val_*``, ``learning_rate``, times).
+      stop_training: set True to stop after the current epoch.
+    """
+
+    state: TrainState | None = None
+    epoch: int = 0
+    global_step: int = 0
+    position: int = 0
+    steps_per_epoch: int = 0
+    metrics: dict[str, Any] | None = None
+    history: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    stop_training: bool = False
+
+    def record(self, logs: dict[str, float]) -> None:
+        """Appends an epoch's logs to ``history`` and counts the epoch as done."""
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        self.epoch += 1
