@@ -34,8 +34,27 @@ def test_validation_split_zero_and_bad_fractions():
             data.train_validation_split(x, y, bad, seed=0)
     with pytest.raises(ValueError, match="x and y: expected the same length; got 10 and 9"):
         data.train_validation_split(x, y[:9], 0.2, seed=0)
-    with pytest.raises(ValueError, match="leaves an empty split"):
+    with pytest.raises(
+        ValueError,
+        match=r"validation_split: 0.01 of 10 examples leaves 10 for training and 0 for validation; "
+        r"both must be > 0",
+    ):
         data.train_validation_split(x, y, 0.01, seed=0)
+
+
+@pytest.mark.parametrize(
+    "n, fraction, num_train, num_val", [(100, 0.001, 100, 0), (10, 0.99, 0, 10), (3, 0.9, 0, 3)]
+)
+def test_validation_split_that_empties_a_side_says_how_many_each_side_gets(
+    n, fraction, num_train, num_val
+):
+    x, y = np.zeros((n, 2)), np.arange(n)
+    with pytest.raises(ValueError) as error:
+        data.train_validation_split(x, y, fraction, seed=0)
+    assert str(error.value) == (
+        f"validation_split: {fraction} of {n} examples leaves {num_train} for training and "
+        f"{num_val} for validation; both must be > 0"
+    )
 
 
 def test_split_to_float_and_normalize_return_aligned_arrays_with_numpys_values():
@@ -165,3 +184,4 @@ def test_csv_errors_name_the_file(tmp_path):
     path.write_text("a,target\n")
     with pytest.raises(ValueError, match=r"bad.csv: expected a header row and data rows"):
         data.load_csv(path)
+
