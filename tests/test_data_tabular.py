@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,19 @@ def test_csv_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv: expected a header row and data rows"):
         data.load_csv(path)
 
+
+def test_splits_take_positional_or_keyword_fields_with_optional_stats_and_names():
+    rows = [np.full((2, 1), i, np.float32) for i in range(6)]
+    positional = data.Splits(*rows, np.zeros(1), np.ones(1))
+    assert positional.x_test is rows[4] and positional.std[0] == 1 and positional.class_names == ()
+    keyword = data.Splits(
+        x_train=rows[0],
+        y_train=rows[1],
+        x_val=None,
+        y_val=None,
+        x_test=rows[4],
+        y_test=rows[5],
+        class_names=("a", "b"),
+    )
+    assert keyword.mean is None and keyword.std is None and keyword.class_names == ("a", "b")
+    assert [f.name for f in dataclasses.fields(data.Splits)][-3:] == ["mean", "std", "class_names"]
