@@ -409,3 +409,32 @@ def test_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
     np.testing.assert_array_equal(x_test, expected)
     np.testing.assert_array_equal(y_test, labels)
     assert IDX_FILES["train"][0] in sources.DATASETS["fashion_mnist"].content_sha256
+
+
+def test_importing_preprocess_or_the_package_leaves_tensorflow_datasets_out():
+    """The trainer imports jaxnn.data.preprocess: the tfds builders load only on first use."""
+    code = (
+        "import sys\n"
+        "import jaxnn.data.preprocess\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules)\n"
+        "from jaxnn import data\n"
+        "from jaxnn.data import AugmentConfig, Splits, train_validation_split\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules)\n"
+        "from jaxnn.data import load\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules, load is data.builders.load)\n"
+        "print('RESULT', all(getattr(data, name) is not None for name in data.__all__))\n"
+        "print('RESULT', sorted(set(data.__all__) - set(dir(data))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    assert results == [
+        "RESULT False",
+        "RESULT False",
+        "RESULT True True",
+        "RESULT True",
+        "RESULT []",
+    ]
