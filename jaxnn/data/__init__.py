@@ -1,7 +1,8 @@
 """Datasets through tensorflow-datasets without TensorFlow, preprocessing and augmentation.
 
 ``load(name, split)`` gives numpy arrays of MNIST, Fashion-MNIST or CIFAR-10; ``augment`` runs
-on device inside the train step; tabular helpers split and standardise on the training split.
+on device inside the train step; tabular helpers split and standardise on the training split;
+``load_splits(config.dataset, seed)`` is an experiment's whole dataset as ``Splits``.
 
 Environment: ``JAXNN_TFDS_DIR`` (prepared tfds data, default ~/tensorflow_datasets),
 ``JAXNN_DATA_DIR`` (a folder of the original files), ``JAXNN_NO_DOWNLOAD=1`` (never download),
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from jaxnn.data.augment import AugmentConfig, augment, default_augment_options
 from jaxnn.data.preprocess import channel_stats, normalize, to_float, train_validation_split
 from jaxnn.data.sources import DataError
+from jaxnn.data.splits import IMAGE_DATASETS, TABULAR_DATASETS, load_splits
 from jaxnn.data.tabular import (
     Splits,
     from_arrays,
@@ -49,6 +51,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUILDERS",
+    "IMAGE_DATASETS",
+    "TABULAR_DATASETS",
     "AugmentConfig",
     "DataError",
     "Splits",
@@ -60,6 +64,7 @@ __all__ = [
     "from_arrays",
     "load",
     "load_csv",
+    "load_splits",
     "make_classification",
     "make_regression",
     "normalize",
