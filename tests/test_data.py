@@ -17,6 +17,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -409,3 +410,138 @@ def test_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
     np.testing.assert_array_equal(x_test, expected)
     np.testing.assert_array_equal(y_test, labels)
     assert IDX_FILES["train"][0] in sources.DATASETS["fashion_mnist"].content_sha256
+
+
+# ------------------------------------------------------------------- a run's dataset block
+def dataset_config(**overrides) -> ml_collections.ConfigDict:
+    """A run config's ``dataset`` block (the keys jaxnn.run's base_config sets)."""
+    cfg = {
+        "name": "mnist",
+        "data_dir": "",
+        "source_dir": "",
+        "validation_split": 0.1,
+        "normalization": "scale",
+        "limit_train": 0,
+        "limit_test": 0,
+        "num_examples": 2000,
+        "num_features": 10,
+        "noise": 0.1,
+        "test_split": 0.2,
+        "csv_path": "",
+        "target": "target",
+    }
+    return ml_collections.ConfigDict({**cfg, **overrides})
+
+
+def test_load_splits_images_limit_scale_and_carve_validation_out_of_train(tmp_path):
+    write_idx(tmp_path / "src", n_train=60, n_test=20, seed=3)
+    dirs = {"data_dir": str(tmp_path / "tfds"), "source_dir": str(tmp_path / "src")}
+    cfg = dataset_config(validation_split=0.2, limit_train=50, limit_test=10, **dirs)
+    splits = data.load_splits(cfg, seed=4)
+    images, labels = expected_idx(60, 20, seed=3)["train"]
+    x = images[:50, :, :, None].astype(np.float32) / np.float32(255)
+    expected = data.train_validation_split(x, labels[:50].astype(np.int64), 0.2, seed=4)
+    got = (splits.x_train, splits.y_train, splits.x_val, splits.y_val)
+    for array, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(array, want)
+    assert splits.x_train.shape == (40, 28, 28, 1) and splits.x_val.shape == (10, 28, 28, 1)
+    assert splits.x_train.dtype == np.float32 and splits.y_train.dtype == np.int64
+    test_images, test_labels = expected_idx(60, 20, seed=3)["test"]
+    np.testing.assert_array_equal(splits.x_test[..., 0] * 255, test_images[:10])
+    np.testing.assert_array_equal(splits.y_test, test_labels[:10])
+    assert splits.class_names == data.class_names("mnist") and len(splits.class_names) == 10
+    assert splits.mean is None and splits.std is None
+    whole = data.load_splits(dataset_config(validation_split=0.0, **dirs), seed=4)
+    assert whole.x_val is None and whole.y_val is None
+    assert len(whole.x_train) == 60 and len(whole.x_test) == 20
+
+
+def test_load_splits_standardize_uses_the_training_split_statistics(tmp_path):
+    write_idx(tmp_path / "src", n_train=40, n_test=10, seed=1)
+    dirs = {"data_dir": str(tmp_path / "tfds"), "source_dir": str(tmp_path / "src")}
+    scaled = data.load_splits(dataset_config(validation_split=0.25, **dirs), seed=0)
+    splits = data.load_splits(
+        dataset_config(validation_split=0.25, normalization="standardize", **dirs), seed=0
+    )
+    mean, std = data.channel_stats(scaled.x_train)
+    np.testing.assert_array_equal(splits.mean, mean)
+    np.testing.assert_array_equal(splits.std, std)
+    for part in ("x_train", "x_val", "x_test"):
+        want = data.normalize(getattr(scaled, part), mean, std)
+        np.testing.assert_array_equal(getattr(splits, part), want)
+    np.testing.assert_array_equal(splits.y_val, scaled.y_val)
+    with pytest.raises(
+        ValueError,
+        match=r"dataset.normalization: expected 'scale' or 'standardize'; got 'minmax'",
+    ):
+        data.load_splits(dataset_config(normalization="minmax", **dirs), seed=0)
+
+
+def test_load_splits_generated_tabular_data():
+    cfg = dataset_config(name="regression", num_examples=200, num_features=3, noise=0.5)
+    splits = data.load_splits(cfg, seed=2)
+    x, y, _ = data.make_regression(n=200, n_features=3, noise=0.5, seed=2)
+    expected = data.from_arrays(x, y, validation_split=0.1, test_split=0.2, seed=2)
+    assert splits.x_train.shape == (140, 3) and len(splits.x_val) == 20 and len(splits.x_test) == 40
+    for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "mean", "std"):
+        np.testing.assert_array_equal(getattr(splits, field), getattr(expected, field))
+    assert splits.class_names == ()
+    binary = data.load_splits(
+        dataset_config(name="binary", num_examples=100, num_features=4, validation_split=0.0),
+        seed=2,
+    )
+    assert binary.class_names == ("0", "1") and binary.x_val is None
+    assert binary.x_train.shape == (80, 4) and binary.x_test.shape == (20, 4)
+    x, y, _ = data.make_classification(n=100, n_features=4, seed=2)
+    order = np.random.default_rng(2).permutation(100)
+    np.testing.assert_array_equal(binary.y_test, y[order[:20]])
+    assert set(np.unique(binary.y_train)) == {0.0, 1.0}
+
+
+def test_load_splits_csv_and_unknown_names(tmp_path):
+    path = tmp_path / "d.csv"
+    rows = ["a,b,label"] + [f"{i},{i * i},{i % 3}" for i in range(20)]
+    path.write_text("\n".join(rows) + "\n")
+    cfg = dataset_config(
+        name="csv", csv_path=str(path), target="label", validation_split=0.25, test_split=0.25
+    )
+    splits = data.load_splits(cfg, seed=0)
+    expected = data.load_csv(path, target="label", validation_split=0.25, test_split=0.25, seed=0)
+    assert splits.x_train.shape == (10, 2) and len(splits.x_val) == 5 and len(splits.x_test) == 5
+    np.testing.assert_array_equal(splits.y_val, expected.y_val)
+    assert splits.class_names == ()
+    with pytest.raises(
+        ValueError,
+        match=r"dataset.name: unknown dataset 'mnsit'; expected one of \['mnist', "
+        r"'fashion_mnist', 'cifar10', 'regression', 'binary', 'csv'\]",
+    ):
+        data.load_splits(dataset_config(name="mnsit"), seed=0)
+
+
+def test_importing_preprocess_or_the_package_leaves_tensorflow_datasets_out():
+    """The trainer imports jaxnn.data.preprocess: the tfds builders load only on first use."""
+    code = (
+        "import sys\n"
+        "import jaxnn.data.preprocess\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules)\n"
+        "from jaxnn import data\n"
+        "from jaxnn.data import AugmentConfig, Splits, load_splits, train_validation_split\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules)\n"
+        "from jaxnn.data import load\n"
+        "print('RESULT', 'tensorflow_datasets' in sys.modules, load is data.builders.load)\n"
+        "print('RESULT', all(getattr(data, name) is not None for name in data.__all__))\n"
+        "print('RESULT', sorted(set(data.__all__) - set(dir(data))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    assert results == [
+        "RESULT False",
+        "RESULT False",
+        "RESULT True True",
+        "RESULT True",
+        "RESULT []",
+    ]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn.data import AugmentConfig, augment
+from jaxnn.data import AugmentConfig, augment, default_augment_options
 from jaxnn.data.augment import _rotate_by
 
 KEY = jax.random.key(1)
@@ -168,3 +168,54 @@ def test_bad_arguments_are_named(images, options, message):
     if options and images.dtype == np.float32:
         with pytest.raises(ValueError, match=message):
             AugmentConfig(**options)
+
+
+# ------------------------------------------------------------- one list of options
+def test_the_config_is_the_one_list_of_options_and_defaults():
+    fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
+    assert default_augment_options() == fields
+    assert list(default_augment_options()) == [
+        "hflip",
+        "crop_padding",
+        "width_shift",
+        "height_shift",
+        "rotation",
+        "brightness",
+        "contrast",
+    ]
+    assert AugmentConfig.from_options(default_augment_options()) == AugmentConfig()
+    assert not AugmentConfig().enabled
+    for name, value in (("hflip", True), ("crop_padding", 1), ("rotation", 5.0)):
+        config = AugmentConfig.from_options({**default_augment_options(), name: value})
+        assert config.enabled and getattr(config, name) == value
+
+
+def test_from_options_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(
+        ValueError, match=r"augment: unknown option 'flip'; expected one of \['hflip', "
+    ):
+        AugmentConfig.from_options({"flip": True})
+    with pytest.raises(ValueError, match=r"rotation: expected degrees in \[0, 180\]; got 200"):
+        AugmentConfig.from_options({"rotation": 200})
+    with pytest.raises(TypeError, match=r"augment: unknown option 'flip'"):
+        augment(KEY, np.zeros((2, 4, 4, 1), np.float32), flip=True)
+
+
+def test_the_config_called_equals_augment_with_its_options_bitwise():
+    """What a run does with its config block: the same numbers as augment(key, x, **options)."""
+    batch = np.stack([known_image(h=9, w=7, c=3, seed=i) for i in range(6)])
+    options = {
+        **default_augment_options(),
+        "hflip": True,
+        "crop_padding": 2,
+        "width_shift": 0.3,
+        "rotation": 15.0,
+        "brightness": 0.1,
+        "contrast": 0.2,
+    }
+    config = AugmentConfig.from_options(options)
+    expected = np.asarray(augment(KEY, batch, **options))
+    np.testing.assert_array_equal(config(KEY, batch), expected)
+    jitted = jax.jit(lambda key, x: augment(key, x, **options))(KEY, batch)
+    np.testing.assert_array_equal(jax.jit(config)(KEY, batch), jitted)
+    assert not np.array_equal(expected, batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -34,8 +36,27 @@ def test_validation_split_zero_and_bad_fractions():
             data.train_validation_split(x, y, bad, seed=0)
     with pytest.raises(ValueError, match="x and y: expected the same length; got 10 and 9"):
         data.train_validation_split(x, y[:9], 0.2, seed=0)
-    with pytest.raises(ValueError, match="leaves an empty split"):
+    with pytest.raises(
+        ValueError,
+        match=r"validation_split: 0.01 of 10 examples leaves 10 for training and 0 for validation; "
+        r"both must be > 0",
+    ):
         data.train_validation_split(x, y, 0.01, seed=0)
+
+
+@pytest.mark.parametrize(
+    "n, fraction, num_train, num_val", [(100, 0.001, 100, 0), (10, 0.99, 0, 10), (3, 0.9, 0, 3)]
+)
+def test_validation_split_that_empties_a_side_says_how_many_each_side_gets(
+    n, fraction, num_train, num_val
+):
+    x, y = np.zeros((n, 2)), np.arange(n)
+    with pytest.raises(ValueError) as error:
+        data.train_validation_split(x, y, fraction, seed=0)
+    assert str(error.value) == (
+        f"validation_split: {fraction} of {n} examples leaves {num_train} for training and "
+        f"{num_val} for validation; both must be > 0"
+    )
 
 
 def test_split_to_float_and_normalize_return_aligned_arrays_with_numpys_values():
@@ -165,3 +186,20 @@ def test_csv_errors_name_the_file(tmp_path):
     path.write_text("a,target\n")
     with pytest.raises(ValueError, match=r"bad.csv: expected a header row and data rows"):
         data.load_csv(path)
+
+
+def test_splits_take_positional_or_keyword_fields_with_optional_stats_and_names():
+    rows = [np.full((2, 1), i, np.float32) for i in range(6)]
+    positional = data.Splits(*rows, np.zeros(1), np.ones(1))
+    assert positional.x_test is rows[4] and positional.std[0] == 1 and positional.class_names == ()
+    keyword = data.Splits(
+        x_train=rows[0],
+        y_train=rows[1],
+        x_val=None,
+        y_val=None,
+        x_test=rows[4],
+        y_test=rows[5],
+        class_names=("a", "b"),
+    )
+    assert keyword.mean is None and keyword.std is None and keyword.class_names == ("a", "b")
+    assert [f.name for f in dataclasses.fields(data.Splits)][-3:] == ["mean", "std", "class_names"]

@@ -16,13 +16,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["AugmentConfig", "augment"]
+__all__ = ["AugmentConfig", "augment", "default_augment_options"]
 
 
 def _shift_crop(key: jax.Array, image: jax.Array, pad_y: int, pad_x: int) -> jax.Array:
@@ -56,39 +59,25 @@ def _rotate_by(image: jax.Array, angle: jax.Array) -> jax.Array:
     return jax.vmap(one_channel, in_axes=2, out_axes=2)(image)
 
 
-def _check_options(
-    crop_padding: int,
-    width_shift: float,
-    height_shift: float,
-    rotation: float,
-    brightness: float,
-    contrast: float,
-) -> None:
-    if not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
-        raise ValueError(f"crop_padding: expected an int >= 0; got {crop_padding!r}")
-    for name, value in (("width_shift", width_shift), ("height_shift", height_shift)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{name}: expected a fraction of the image in [0, 1); got {value!r}")
-    if not 0 <= rotation <= 180:
-        raise ValueError(f"rotation: expected degrees in [0, 180]; got {rotation!r}")
-    if brightness < 0:
-        raise ValueError(f"brightness: expected >= 0; got {brightness!r}")
-    if not 0 <= contrast <= 1:
-        raise ValueError(f"contrast: expected a factor range in [0, 1]; got {contrast!r}")
+def _check_images(images: jax.Array) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images: expected (batch, height, width, channels); got {images.shape}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images: expected floating-point values (see jaxnn.data.to_float); got {images.dtype}"
+        )
 
 
-def augment(
-    rng: jax.Array,
-    images: jax.Array,
-    *,
-    hflip: bool = False,
-    crop_padding: int = 0,
-    width_shift: float = 0.0,
-    height_shift: float = 0.0,
-    rotation: float = 0.0,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-) -> jax.Array:
+def _unknown_options(options: Mapping[str, Any]) -> str | None:
+    """The error message for the first key of ``options`` that is not an option, or None."""
+    names = [field.name for field in dataclasses.fields(AugmentConfig)]
+    unknown = [key for key in options if key not in names]
+    if not unknown:
+        return None
+    return f"augment: unknown option {unknown[0]!r}; expected one of {names}"
+
+
+def augment(rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
     """Augments a float batch ``(B, H, W, C)``, each example with its own randomness.
 
     The per-example keys are ``jax.random.split(rng, B)``, so two equal images in a batch are
@@ -97,61 +86,75 @@ def augment(
     Args:
       rng: a key; the same key gives the same augmentation.
       images: floating-point images ``(B, H, W, C)``.
-      hflip: flip left-right with probability 1/2 (Keras ``RandomFlip("horizontal")``).
-      crop_padding: pad by this many zero pixels on each side, then crop a random H x W window
-        (Keras ``RandomCrop`` after padding; pad 4 is the CIFAR recipe).
-      width_shift, height_shift: random integer translation of up to ``ceil(fraction * W)`` /
-        ``ceil(fraction * H)`` pixels, zero fill (``RandomTranslation``). Crop and shift are one
-        window of the image padded by the larger of the two amounts.
-      rotation: random rotation in [-rotation, rotation] degrees (bilinear, zero fill; like
-        ImageDataGenerator's ``rotation_range``).
-      brightness: add one random delta in [-brightness, brightness] per image (no clipping:
-        the images may already be standardised).
-      contrast: scale each image's deviation from its mean by a factor in [1 - c, 1 + c].
+      **options: the fields of ``AugmentConfig`` (all off by default), which documents them:
+        ``hflip``, ``crop_padding``, ``width_shift``, ``height_shift``, ``rotation``,
+        ``brightness``, ``contrast``.
 
     Returns:
       The augmented batch; ``images`` itself when every option is off.
 
     Raises:
       ValueError: a batch that is not 4-D floating point, or an option out of range.
+      TypeError: an option that ``AugmentConfig`` does not have (like any unknown keyword).
+
+    Example::
+
+        x = augment(jax.random.key(0), images, hflip=True, crop_padding=4)
     """
-    if images.ndim != 4:
-        raise ValueError(f"images: expected (batch, height, width, channels); got {images.shape}")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(
-            f"images: expected floating-point values (see jaxnn.data.to_float); got {images.dtype}"
-        )
-    _check_options(crop_padding, width_shift, height_shift, rotation, brightness, contrast)
-    _, h, w, _ = images.shape
-    pad_y = max(crop_padding, math.ceil(height_shift * h))
-    pad_x = max(crop_padding, math.ceil(width_shift * w))
-    if not (hflip or pad_y or pad_x or rotation or brightness or contrast):
-        return images
+    _check_images(images)  # before the options, as the batch is the first thing a caller checks
+    message = _unknown_options(options)
+    if message:
+        raise TypeError(message)
+    return AugmentConfig(**options)(rng, images)
 
-    def one(key: jax.Array, image: jax.Array) -> jax.Array:
-        flip_key, crop_key, rotate_key, brightness_key, contrast_key = jax.random.split(key, 5)
-        if hflip:
-            image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
-        if pad_y or pad_x:
-            image = _shift_crop(crop_key, image, pad_y, pad_x)
-        if rotation:
-            degrees = jax.random.uniform(rotate_key, (), minval=-rotation, maxval=rotation)
-            image = _rotate_by(image, jnp.deg2rad(degrees))
-        if brightness:
-            delta = jax.random.uniform(brightness_key, (), minval=-brightness, maxval=brightness)
-            image = image + delta
-        if contrast:
-            factor = jax.random.uniform(contrast_key, (), minval=1 - contrast, maxval=1 + contrast)
-            mean = image.mean()
-            image = (image - mean) * factor + mean
-        return image.astype(images.dtype)
 
-    return jax.vmap(one)(jax.random.split(rng, images.shape[0]), images)
+def _augment_one(
+    config: AugmentConfig, pad_y: int, pad_x: int, key: jax.Array, image: jax.Array
+) -> jax.Array:
+    """One image ``(H, W, C)`` through the options of ``config`` that are on, in a fixed order."""
+    flip_key, crop_key, rotate_key, brightness_key, contrast_key = jax.random.split(key, 5)
+    dtype = image.dtype
+    if config.hflip:
+        image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    if pad_y or pad_x:
+        image = _shift_crop(crop_key, image, pad_y, pad_x)
+    if config.rotation:
+        rotation = config.rotation
+        degrees = jax.random.uniform(rotate_key, (), minval=-rotation, maxval=rotation)
+        image = _rotate_by(image, jnp.deg2rad(degrees))
+    if config.brightness:
+        brightness = config.brightness
+        delta = jax.random.uniform(brightness_key, (), minval=-brightness, maxval=brightness)
+        image = image + delta
+    if config.contrast:
+        contrast = config.contrast
+        factor = jax.random.uniform(contrast_key, (), minval=1 - contrast, maxval=1 + contrast)
+        mean = image.mean()
+        image = (image - mean) * factor + mean
+    return image.astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """The options of ``augment`` bundled; calling it augments a batch.
+    """The augmentation options, their defaults and their ranges; calling it augments a batch.
+
+    The one list of options: ``augment``'s keywords, ``default_augment_options`` (a run config's
+    ``augment`` block) and ``from_options`` all come from these fields. Every option off (the
+    defaults) is the identity.
+
+    Attributes:
+      hflip: flip left-right with probability 1/2 (Keras ``RandomFlip("horizontal")``).
+      crop_padding: pad by this many zero pixels on each side, then crop a random H x W window
+        (Keras ``RandomCrop`` after padding; pad 4 is the CIFAR recipe). An int >= 0.
+      width_shift, height_shift: random integer translation of up to ``ceil(fraction * W)`` /
+        ``ceil(fraction * H)`` pixels, zero fill (``RandomTranslation``), fractions in [0, 1).
+        Crop and shift are one window of the image padded by the larger of the two amounts.
+      rotation: random rotation in [-rotation, rotation] degrees, rotation in [0, 180] (bilinear,
+        zero fill; like ImageDataGenerator's ``rotation_range``).
+      brightness: add one random delta in [-brightness, brightness] per image, brightness >= 0
+        (no clipping: the images may already be standardised).
+      contrast: scale each image's deviation from its mean by a factor in [1 - c, 1 + c],
+        c in [0, 1].
 
     Example::
 
@@ -168,15 +171,55 @@ class AugmentConfig:
     contrast: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_options(
-            self.crop_padding,
-            self.width_shift,
-            self.height_shift,
-            self.rotation,
-            self.brightness,
-            self.contrast,
-        )
+        crop_padding = self.crop_padding
+        if not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
+            raise ValueError(f"crop_padding: expected an int >= 0; got {crop_padding!r}")
+        for name in ("width_shift", "height_shift"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(
+                    f"{name}: expected a fraction of the image in [0, 1); got {value!r}"
+                )
+        if not 0 <= self.rotation <= 180:
+            raise ValueError(f"rotation: expected degrees in [0, 180]; got {self.rotation!r}")
+        if self.brightness < 0:
+            raise ValueError(f"brightness: expected >= 0; got {self.brightness!r}")
+        if not 0 <= self.contrast <= 1:
+            raise ValueError(f"contrast: expected a factor range in [0, 1]; got {self.contrast!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> AugmentConfig:
+        """The config from a mapping of option names to values (a run config's ``augment`` block,
+        e.g. ``AugmentConfig.from_options(config.augment.to_dict())``); missing keys keep their
+        defaults.
+
+        Raises:
+          ValueError: a key that is not an option (the message lists the options), or a value
+            out of range.
+        """
+        message = _unknown_options(options)
+        if message:
+            raise ValueError(message)
+        return cls(**options)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any option is on (otherwise calling the config returns the batch itself)."""
+        return any(getattr(self, field.name) for field in dataclasses.fields(self))
 
     def __call__(self, rng: jax.Array, images: jax.Array) -> jax.Array:
-        """``augment(rng, images, **options)``."""
-        return augment(rng, images, **dataclasses.asdict(self))
+        """``augment(rng, images, **options)`` with these options (see ``augment``)."""
+        _check_images(images)
+        _, h, w, _ = images.shape
+        pad_y = max(self.crop_padding, math.ceil(self.height_shift * h))
+        pad_x = max(self.crop_padding, math.ceil(self.width_shift * w))
+        if not (self.hflip or pad_y or pad_x or self.rotation or self.brightness or self.contrast):
+            return images
+        one = functools.partial(_augment_one, self, pad_y, pad_x)
+        return jax.vmap(one)(jax.random.split(rng, images.shape[0]), images)
+
+
+def default_augment_options() -> dict[str, Any]:
+    """Every option of ``AugmentConfig`` with its default (all off), for a run config's
+    ``augment`` block: ``config.augment = ConfigDict(default_augment_options())``."""
+    return {field.name: field.default for field in dataclasses.fields(AugmentConfig)}

@@ -20,8 +20,9 @@ def train_validation_split(
       seed: the permutation's seed; the same seed gives the same split.
 
     Returns:
-      ``(x_train, y_train, x_val, y_val)``, each part in its original order; the test split is
-      never touched.
+      ``(x_train, y_train, x_val, y_val)``, each part in its original order (sorted row
+      indices, not the permutation's order); the test split is never touched. The validation
+      rows are ``sort(default_rng(seed).permutation(n)[:round(n * validation_split)])``.
 
     Raises:
       ValueError: when ``validation_split`` is not in [0, 1) or leaves an empty part.
@@ -34,7 +35,8 @@ def train_validation_split(
     num_val = int(round(len(x) * validation_split))
     if validation_split > 0 and not 0 < num_val < len(x):
         raise ValueError(
-            f"validation_split: {validation_split} of {len(x)} examples leaves an empty split"
+            f"validation_split: {validation_split} of {len(x)} examples leaves "
+            f"{len(x) - num_val} for training and {num_val} for validation; both must be > 0"
         )
     val, train = np.sort(order[:num_val]), np.sort(order[num_val:])
     return _take_rows(x, train), y[train], _take_rows(x, val), y[val]

@@ -15,10 +15,12 @@ __all__ = ["Splits", "from_arrays", "load_csv", "make_classification", "make_reg
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Train / validation / test arrays and the standardisation fitted on train.
+    """Train / validation / test arrays ready for the Trainer, and what they are.
 
     ``x_val``/``y_val`` are None without a validation split; ``x_test``/``y_test`` have zero rows
-    without a test split; ``mean``/``std`` are None when ``standardize=False``.
+    without a test split. ``mean``/``std`` are the standardisation fitted on the training split
+    (None when the data was not standardised); ``class_names`` names the classes of a classifier's
+    labels (empty for regression). Build one with keywords; positional order is the field order.
     """
 
     x_train: np.ndarray
@@ -27,8 +29,19 @@ class Splits:
     y_val: np.ndarray | None
     x_test: np.ndarray
     y_test: np.ndarray
-    mean: np.ndarray | None
-    std: np.ndarray | None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+
+
+def _check_fractions(validation_split: float, test_split: float) -> None:
+    for name, value in (("validation_split", validation_split), ("test_split", test_split)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}: expected a float in [0, 1); got {value!r}")
+    if validation_split + test_split >= 1:
+        raise ValueError(
+            f"validation_split + test_split: expected < 1; got {validation_split + test_split}"
+        )
 
 
 def from_arrays(
@@ -51,7 +64,7 @@ def from_arrays(
       seed: the permutation's seed.
 
     Returns:
-      ``Splits`` with float32 features.
+      ``Splits`` with float32 features (and no ``class_names``).
 
     Raises:
       ValueError: a non-2-D ``x``, lengths that differ, or fractions out of range.
@@ -67,13 +80,7 @@ def from_arrays(
         raise ValueError(f"x: expected a 2-D array (examples, features); got shape {x.shape}")
     if len(x) != len(y):
         raise ValueError(f"x and y: expected the same length; got {len(x)} and {len(y)}")
-    for name, value in (("validation_split", validation_split), ("test_split", test_split)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{name}: expected a float in [0, 1); got {value!r}")
-    if validation_split + test_split >= 1:
-        raise ValueError(
-            f"validation_split + test_split: expected < 1; got {validation_split + test_split}"
-        )
+    _check_fractions(validation_split, test_split)
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(len(x) * test_split))
     n_val = int(round(len(x) * validation_split))
@@ -84,14 +91,14 @@ def from_arrays(
         std = np.maximum(x[train].std(0), 1e-7)
         x = (x - mean) / std
     return Splits(
-        x[train],
-        y[train],
-        x[val] if n_val else None,
-        y[val] if n_val else None,
-        x[test],
-        y[test],
-        mean,
-        std,
+        x_train=x[train],
+        y_train=y[train],
+        x_val=x[val] if n_val else None,
+        y_val=y[val] if n_val else None,
+        x_test=x[test],
+        y_test=y[test],
+        mean=mean,
+        std=std,
     )
 
 
