@@ -4,7 +4,8 @@ trained with binary cross-entropy (from logits, which is the stable form of sigm
     python -m experiments.binary [--workdir=checkpoints/binary]
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

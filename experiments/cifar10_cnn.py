@@ -8,7 +8,8 @@ Needs cifar-10-python.tar.gz (or cifar-10-binary.tar.gz) in $JAXNN_DATA_DIR, a p
 data_dir, or network access.
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

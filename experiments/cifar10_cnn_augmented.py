@@ -4,7 +4,7 @@ python -m experiments.cifar10_cnn_augmented [--workdir=checkpoints/cifar10_cnn_a
 """
 
 from experiments import cifar10_cnn
-from jaxnn.run import main
+from jaxnn.cli import main
 
 
 def get_config():

@@ -6,7 +6,8 @@ Flatten-Dropout(0.4)-Dense128-Dense10), Adam 1e-3 with a cosine decay.
 With Debian's dataset-fashion-mnist package installed the data is found without a download.
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

@@ -5,7 +5,8 @@
 With Debian's dataset-fashion-mnist package installed the data is found without a download.
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

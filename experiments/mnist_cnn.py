@@ -4,7 +4,8 @@ Conv32-BN-ReLU-Pool-Conv64-BN-ReLU-Pool-Flatten-Dropout(0.4)-Dense128-Dense10.
 python -m experiments.mnist_cnn [--workdir=checkpoints/mnist_cnn] [--config.epochs=10]
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

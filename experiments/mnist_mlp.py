@@ -6,7 +6,8 @@ Needs the MNIST files: a prepared tfds data_dir, the four IDX .gz files in $JAXN
 (or --config.dataset.source_dir), or network access for the official download.
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():

@@ -3,7 +3,8 @@
 python -m experiments.regression [--workdir=checkpoints/regression]
 """
 
-from jaxnn.run import base_config, main
+from jaxnn.cli import main
+from jaxnn.config import base_config
 
 
 def get_config():
