@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxnn.utils import last_key, path_str
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
@@ -113,17 +115,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------ masks
-def _key_str(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _path_str(path: Sequence[Any]) -> str:
-    return "/".join(_key_str(k) for k in path)
-
-
 def kernel_mask(params: Any) -> Any:
     """A pytree of bools like ``params``: True on kernels (leaves named ``kernel``).
 
@@ -134,9 +125,7 @@ def kernel_mask(params: Any) -> Any:
         kernel_mask({"Dense_0": {"kernel": w, "bias": b}})
         # {"Dense_0": {"kernel": True, "bias": False}}
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(path) and _key_str(path[-1]) == "kernel", params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: last_key(path) == "kernel", params)
 
 
 def l2_penalty(params: Any, l2: float) -> jax.Array:
@@ -543,7 +532,7 @@ def _matches(path: str, prefix: str) -> bool:
 
 
 def _check_prefixes(params: Any, frozen: Sequence[str]) -> None:
-    paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for prefix in frozen:
         if not any(_matches(p, prefix) for p in paths):
             top = sorted({p.split("/", 1)[0] for p in paths})
@@ -579,7 +568,7 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.Gra
         _check_prefixes(params, frozen)
 
         def label(path: Sequence[Any], _: Any) -> str:
-            s = _path_str(path)
+            s = path_str(path)
             return "frozen" if any(_matches(s, f) for f in frozen) else "trainable"
 
         return jax.tree_util.tree_map_with_path(label, params)
