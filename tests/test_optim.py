@@ -428,3 +428,24 @@ def test_user_transformations_without_an_injected_rate_read_as_nan():
         optim.set_learning_rate_scale(state, 0.5)
     assert float(optim.current_learning_rate(optim.adam().init(PARAMS))) == pytest.approx(1e-3)
     assert jnp.isfinite(optim.current_learning_rate(optim.adagrad(0.01).init(PARAMS)))
+
+
+def test_check_config_returns_the_complete_config_build_uses():
+    defaults = optim.default_config().to_dict()
+    c = optim.check_config({"name": "nesterov", "learning_rate": 1, "freeze": "Dense_0"})
+    assert set(c) == set(defaults)
+    assert c["momentum"] == 0.9 and c["nesterov"] is True and c["weight_decay"] == 0.0
+    assert c["learning_rate"] == 1.0 and isinstance(c["learning_rate"], float)
+    assert c["freeze"] == ("Dense_0",)
+    assert c["schedule"] == defaults["schedule"]
+    assert optim.check_config(c) == c
+    adamw = optim.check_config({"name": "adamw", "schedule": {"name": "cosine"}})
+    assert adamw["weight_decay"] == 4e-3 and adamw["momentum"] == 0.0
+    assert adamw["schedule"] == {**defaults["schedule"], "name": "cosine"}
+    none = optim.check_config({"l2": None, "clip_norm": None, "schedule": {"total_epochs": None}})
+    assert none["l2"] == none["clip_norm"] == none["schedule"]["total_epochs"] == 0
+    for config in ({"name": "adamw", "learning_rate": 0.01}, {"name": "momentum", "l2": 0.01}):
+        raw = two_updates(optim.build(config, steps_per_epoch=1))
+        checked = two_updates(optim.build(optim.check_config(config), steps_per_epoch=1))
+        for got, want in zip(checked, raw, strict=True):
+            np.testing.assert_array_equal(got, want)
