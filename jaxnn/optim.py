@@ -27,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -116,6 +118,55 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------ the config boundary
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """An interval of finite numbers; ``str()`` is how error messages word it."""
+
+    low: float
+    high: float = math.inf
+    low_closed: bool = True
+    high_closed: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        if math.isinf(self.high):
+            return f"a finite number {'>=' if self.low_closed else '>'} {self.low:g}"
+        left, right = "[" if self.low_closed else "(", "]" if self.high_closed else ")"
+        return f"a number in {left}{self.low:g}, {self.high:g}{right}"
+
+
+_POSITIVE = _Range(0.0, low_closed=False)
+_NON_NEGATIVE = _Range(0.0)
+_AVERAGE_DECAY = _Range(0.0, 1.0)  # [0, 1): 1 would never move the running average
+_DECAY_PER_PERIOD = _Range(0.0, 1.0, low_closed=False, high_closed=True)  # (0, 1]
+_FRACTION = _Range(0.0, 1.0, high_closed=True)  # [0, 1]
+_RANGES = {
+    "momentum": _AVERAGE_DECAY,
+    "b1": _AVERAGE_DECAY,
+    "b2": _AVERAGE_DECAY,
+    "rho": _AVERAGE_DECAY,
+    "eps": _POSITIVE,
+}
+_SCHEDULE_RANGES = {
+    "decay_factor": _DECAY_PER_PERIOD,
+    "decay_every_epochs": _POSITIVE,
+    "decay_rate": _DECAY_PER_PERIOD,
+    "decay_epochs": _POSITIVE,
+    "total_epochs": _NON_NEGATIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "alpha": _FRACTION,
+}
+
+
+def _check_number(where: str, value: Any, allowed: _Range) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value not in allowed:
+        raise ValueError(f"{where}: expected {allowed}; got {value!r}")
+
+
 def _check_keys(config: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
     for key in config:
         if key not in valid:
@@ -138,6 +189,7 @@ def _checked_learning_rate(learning_rate: Any) -> LearningRate:
         raise ValueError(
             f"optimizer.learning_rate: expected a float or an optax schedule; got {learning_rate!r}"
         )
+    _check_number("optimizer.learning_rate", learning_rate, _POSITIVE)
     return float(learning_rate)
 
 
@@ -159,6 +211,8 @@ def _checked_schedule(schedule: Any) -> dict[str, Any]:
         )
     if s["total_epochs"] is None:
         s["total_epochs"] = 0  # both mean "the run's length"
+    for key, allowed in _SCHEDULE_RANGES.items():
+        _check_number(f"optimizer.schedule.{key}", s[key], allowed)
     return s
 
 
@@ -191,8 +245,13 @@ def check_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[
 
     Raises:
       ValueError: naming the key, what was expected and what was given; unknown names list the
-        valid ones and unknown keys their close matches. (A cosine schedule's length and the
-        ``freeze`` prefixes need the run and the parameters; ``build`` checks them.)
+        valid ones and unknown keys their close matches. Numbers must make sense:
+        ``learning_rate``, ``eps`` > 0 and finite; ``momentum``, ``b1``, ``b2``, ``rho`` in
+        [0, 1); ``l2``, ``clip_norm``, ``weight_decay`` >= 0; the schedule's ``decay_factor``,
+        ``decay_rate`` in (0, 1], ``decay_every_epochs``, ``decay_epochs`` > 0,
+        ``warmup_epochs``, ``total_epochs`` >= 0, ``alpha`` in [0, 1]. (A cosine schedule's
+        length and the ``freeze`` prefixes need the run and the parameters; ``build`` checks
+        them.)
 
     Example::
 
@@ -216,6 +275,8 @@ def check_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[
         if c[key] is not None and not (isinstance(c[key], numbers.Real) and c[key] >= 0):
             raise ValueError(f"optimizer.{key}: expected a number >= 0 (or None); got {c[key]!r}")
     _fill_named_defaults(c)
+    for key, allowed in _RANGES.items():
+        _check_number(f"optimizer.{key}", c[key], allowed)
     frozen = (c["freeze"],) if isinstance(c["freeze"], str) else c["freeze"]
     if not all(isinstance(f, str) for f in frozen):
         raise ValueError(
