@@ -27,7 +27,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from jaxnn.utils import last_key, path_str
 
 __all__ = [
     "OPTIMIZERS",
@@ -112,18 +117,176 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+# ------------------------------------------------------------------------ the config boundary
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """An interval of finite numbers; ``str()`` is how error messages word it."""
+
+    low: float
+    high: float = math.inf
+    low_closed: bool = True
+    high_closed: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        if math.isinf(self.high):
+            return f"a finite number {'>=' if self.low_closed else '>'} {self.low:g}"
+        left, right = "[" if self.low_closed else "(", "]" if self.high_closed else ")"
+        return f"a number in {left}{self.low:g}, {self.high:g}{right}"
+
+
+_POSITIVE = _Range(0.0, low_closed=False)
+_NON_NEGATIVE = _Range(0.0)
+_AVERAGE_DECAY = _Range(0.0, 1.0)  # [0, 1): 1 would never move the running average
+_DECAY_PER_PERIOD = _Range(0.0, 1.0, low_closed=False, high_closed=True)  # (0, 1]
+_FRACTION = _Range(0.0, 1.0, high_closed=True)  # [0, 1]
+_RANGES = {
+    "momentum": _AVERAGE_DECAY,
+    "b1": _AVERAGE_DECAY,
+    "b2": _AVERAGE_DECAY,
+    "rho": _AVERAGE_DECAY,
+    "eps": _POSITIVE,
+}
+_SCHEDULE_RANGES = {
+    "decay_factor": _DECAY_PER_PERIOD,
+    "decay_every_epochs": _POSITIVE,
+    "decay_rate": _DECAY_PER_PERIOD,
+    "decay_epochs": _POSITIVE,
+    "total_epochs": _NON_NEGATIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "alpha": _FRACTION,
+}
+
+
+def _check_number(where: str, value: Any, allowed: _Range) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value not in allowed:
+        raise ValueError(f"{where}: expected {allowed}; got {value!r}")
+
+
+def _check_keys(config: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
+    for key in config:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+            hint = f"; did you mean {close}?" if close else ";"
+            raise ValueError(
+                f"{where}{key}: unknown optimizer config key{hint} valid keys: {sorted(valid)}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_learning_rate(learning_rate: Any) -> LearningRate:
+    """A number as a float, or an optax schedule (a callable) as it is."""
+    if callable(learning_rate):
+        return learning_rate
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+        raise ValueError(
+            f"optimizer.learning_rate: expected a float or an optax schedule; got {learning_rate!r}"
+        )
+    _check_number("optimizer.learning_rate", learning_rate, _POSITIVE)
+    return float(learning_rate)
+
+
+def _checked_schedule(schedule: Any) -> dict[str, Any]:
+    """A schedule config (None: constant) merged over the defaults, its name and keys checked."""
+    if isinstance(schedule, ml_collections.ConfigDict):
+        schedule = schedule.to_dict()
+    if schedule is not None and not isinstance(schedule, Mapping):
+        raise ValueError(
+            f"optimizer.schedule: expected a dict with a 'name' in {list(SCHEDULES)}; "
+            f"got {schedule!r}"
+        )
+    defaults = default_config().schedule.to_dict()
+    _check_keys(schedule or {}, defaults, "optimizer.schedule.")
+    s = {**defaults, **(schedule or {})}
+    if s["name"] not in SCHEDULES:
+        raise ValueError(
+            f"optimizer.schedule.name: expected one of {list(SCHEDULES)}; got {s['name']!r}"
+        )
+    if s["total_epochs"] is None:
+        s["total_epochs"] = 0  # both mean "the run's length"
+    for key, allowed in _SCHEDULE_RANGES.items():
+        _check_number(f"optimizer.schedule.{key}", s[key], allowed)
+    return s
+
+
+def _fill_named_defaults(c: dict[str, Any]) -> None:
+    """Replaces the "the named optimizer's default" values (None) by the numbers they stand for."""
+    name = c["name"]
+    if c["momentum"] is None:
+        c["momentum"] = _DEFAULT_MOMENTUM if name in ("momentum", "nesterov") else 0.0
+    c["nesterov"] = bool(c["nesterov"]) or name == "nesterov"
+    if c["weight_decay"] is None:
+        c["weight_decay"] = _KERAS_ADAMW_WEIGHT_DECAY if name == "adamw" else 0.0
+    for key in ("l2", "clip_norm"):
+        if c[key] is None:
+            c[key] = 0.0  # off, as 0 is
+
+
+def check_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[str, Any]:
+    """Checks an optimizer config once and returns it complete, as ``build`` will use it.
+
+    The one validation of an optimizer config: ``build`` and ``make_schedule`` go through it
+    too. Call it at the edge of a run, before anything is written, and keep what it returns.
+
+    Returns:
+      a new dict with every key of ``default_config()``: missing keys take their defaults, the
+      schedule is a complete dict, ``None`` values are resolved for the named optimizer
+      (``momentum``: 0.9 for ``"momentum"`` / ``"nesterov"``, else 0; ``weight_decay``: 4e-3
+      for ``"adamw"``, else 0; ``l2``, ``clip_norm``: 0; ``nesterov`` is True for
+      ``"nesterov"``), a numeric ``learning_rate`` is a float and ``freeze`` is a tuple.
+      Checking the result again returns an equal dict; ``build`` gives the same optimizer for it.
+
+    Raises:
+      ValueError: naming the key, what was expected and what was given; unknown names list the
+        valid ones and unknown keys their close matches. Numbers must make sense:
+        ``learning_rate``, ``eps`` > 0 and finite; ``momentum``, ``b1``, ``b2``, ``rho`` in
+        [0, 1); ``l2``, ``clip_norm``, ``weight_decay`` >= 0; the schedule's ``decay_factor``,
+        ``decay_rate`` in (0, 1], ``decay_every_epochs``, ``decay_epochs`` > 0,
+        ``warmup_epochs``, ``total_epochs`` >= 0, ``alpha`` in [0, 1]. (A cosine schedule's
+        length and the ``freeze`` prefixes need the run and the parameters; ``build`` checks
+        them.)
+
+    Example::
+
+        check_config({"name": "adamw"})["weight_decay"]  # 0.004
+        check_config({"name": "adamm"})  # ValueError: optimizer.name: expected one of [...]
+    """
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config: expected a dict or ConfigDict; got {type(config).__name__}")
+    defaults = default_config().to_dict()
+    _check_keys(config, defaults, "optimizer.")
+    c = {**defaults, **config, "schedule": _checked_schedule(config.get("schedule"))}
+    if c["name"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name: expected one of {list(OPTIMIZERS)}; got {c['name']!r}")
+    k = c["accumulate_steps"]
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"optimizer.accumulate_steps: expected an integer >= 1; got {k!r}")
+    c["learning_rate"] = _checked_learning_rate(c["learning_rate"])
+    for key in ("l2", "clip_norm", "weight_decay"):
+        if c[key] is not None and not (isinstance(c[key], numbers.Real) and c[key] >= 0):
+            raise ValueError(f"optimizer.{key}: expected a number >= 0 (or None); got {c[key]!r}")
+    _fill_named_defaults(c)
+    for key, allowed in _RANGES.items():
+        _check_number(f"optimizer.{key}", c[key], allowed)
+    frozen = (c["freeze"],) if isinstance(c["freeze"], str) else c["freeze"]
+    if not all(isinstance(f, str) for f in frozen):
+        raise ValueError(
+            f"optimizer.freeze: expected a list of parameter path prefixes; got {c['freeze']!r}"
+        )
+    c["freeze"] = tuple(frozen)
+    return c
+
+
 # ------------------------------------------------------------------------------------ masks
-def _key_str(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _path_str(path: Sequence[Any]) -> str:
-    return "/".join(_key_str(k) for k in path)
-
-
 def kernel_mask(params: Any) -> Any:
     """A pytree of bools like ``params``: True on kernels (leaves named ``kernel``).
 
@@ -134,9 +297,7 @@ def kernel_mask(params: Any) -> Any:
         kernel_mask({"Dense_0": {"kernel": w, "bias": b}})
         # {"Dense_0": {"kernel": True, "bias": False}}
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(path) and _key_str(path[-1]) == "kernel", params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: last_key(path) == "kernel", params)
 
 
 def l2_penalty(params: Any, l2: float) -> jax.Array:
@@ -182,8 +343,8 @@ def make_schedule(
     ``total_epochs = 0`` takes ``epochs`` (the run's length).
 
     Raises:
-      ValueError: for an unknown schedule name (listing ``SCHEDULES``) or a cosine schedule
-        without a length.
+      ValueError: as ``check_config`` for the learning rate and the schedule (an unknown name
+        lists ``SCHEDULES``), and for a cosine schedule without a length.
 
     Example::
 
@@ -191,18 +352,19 @@ def make_schedule(
                           steps_per_epoch=100)
         s(199), s(200)  # 0.1, 0.05
     """
-    if schedule is not None and not isinstance(schedule, Mapping):
-        raise ValueError(
-            f"optimizer.schedule: expected a dict with a 'name' in {list(SCHEDULES)}; "
-            f"got {schedule!r}"
-        )
-    schedule = dict(schedule or {})
-    name = schedule.get("name", "constant")
-    if name not in SCHEDULES:
-        raise ValueError(
-            f"optimizer.schedule.name: expected one of {list(SCHEDULES)}; got {name!r}"
-        )
-    s = {**default_config().schedule.to_dict(), **schedule}
+    return _schedule(
+        _checked_learning_rate(learning_rate),
+        _checked_schedule(schedule),
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+    )
+
+
+def _schedule(
+    learning_rate: float, s: Mapping[str, Any], *, steps_per_epoch: float, epochs: int | None
+) -> LearningRate:
+    """``make_schedule`` for a checked rate and a complete, checked schedule config ``s``."""
+    name = s["name"]
 
     def steps(epochs_: float, minimum: int = 1) -> int:
         return max(minimum, round(epochs_ * steps_per_epoch))
@@ -245,15 +407,13 @@ def make_schedule(
 
 
 # ------------------------------------------------------------------------------- the chain
-def _direction(name: str, c: Mapping[str, Any]) -> optax.GradientTransformation:
-    """The optimizer's update direction, before the learning rate."""
+def _direction(c: Mapping[str, Any]) -> optax.GradientTransformation:
+    """The optimizer's update direction, before the learning rate, from a checked config."""
+    name = c["name"]
     if name in ("sgd", "momentum", "nesterov"):
-        momentum = c["momentum"]
-        if momentum is None:
-            momentum = 0.0 if name == "sgd" else _DEFAULT_MOMENTUM
-        if not momentum:
+        if not c["momentum"]:
             return optax.identity()
-        return optax.trace(decay=momentum, nesterov=bool(c["nesterov"]) or name == "nesterov")
+        return optax.trace(decay=c["momentum"], nesterov=c["nesterov"])
     if name in ("adam", "adamw"):
         return optax.scale_by_adam(b1=c["b1"], b2=c["b2"], eps=c["eps"])
     if name == "rmsprop":
@@ -268,80 +428,22 @@ def _direction(name: str, c: Mapping[str, Any]) -> optax.GradientTransformation:
     )
 
 
-def _check_keys(config: Mapping[str, Any], valid: Mapping[str, Any], where: str) -> None:
-    for key in config:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
-            hint = f"; did you mean {close}?" if close else ";"
-            raise ValueError(
-                f"{where}{key}: unknown optimizer config key{hint} valid keys: {sorted(valid)}"
-            )
-
-
-def _checked(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config`` merged over the defaults, with names, keys and types checked."""
-    if isinstance(config, ml_collections.ConfigDict):
-        config = config.to_dict()
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config: expected a dict or ConfigDict; got {type(config).__name__}")
-    config = dict(config)
-    defaults = default_config().to_dict()
-    _check_keys(config, defaults, "optimizer.")
-    schedule = config.get("schedule")
-    if schedule is not None and not isinstance(schedule, Mapping):
-        raise ValueError(
-            f"optimizer.schedule: expected a dict with a 'name' in {list(SCHEDULES)}; "
-            f"got {schedule!r}"
-        )
-    if schedule is not None:
-        _check_keys(schedule, defaults["schedule"], "optimizer.schedule.")
-        if schedule.get("name", "constant") not in SCHEDULES:
-            raise ValueError(
-                f"optimizer.schedule.name: expected one of {list(SCHEDULES)}; "
-                f"got {schedule['name']!r}"
-            )
-    c = {**defaults, **config}
-    if c["name"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name: expected one of {list(OPTIMIZERS)}; got {c['name']!r}")
-    k = c["accumulate_steps"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"optimizer.accumulate_steps: expected an integer >= 1; got {k!r}")
-    learning_rate = c["learning_rate"]
-    if not callable(learning_rate) and (
-        isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
-    ):
-        raise ValueError(
-            f"optimizer.learning_rate: expected a float or an optax schedule; got {learning_rate!r}"
-        )
-    for key in ("l2", "clip_norm", "weight_decay"):
-        if c[key] is not None and not c[key] >= 0:
-            raise ValueError(f"optimizer.{key}: expected a number >= 0 (or None); got {c[key]!r}")
-    frozen = c["freeze"]
-    if isinstance(frozen, str):
-        frozen = (frozen,)
-    if not all(isinstance(f, str) for f in frozen):
-        raise ValueError(
-            f"optimizer.freeze: expected a list of parameter path prefixes; got {c['freeze']!r}"
-        )
-    c["freeze"] = tuple(frozen)
-    return c
-
-
-def check_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
-    """Checks an optimizer config's names, keys and types without building it.
-
-    Use it to fail early, before the run's length (which cosine schedules need) is known.
-
-    Raises:
-      ValueError: naming the key, what was expected and what was given; unknown names list the
-        valid ones and unknown keys their close matches.
-
-    Example::
-
-        check_config({"name": "adam", "schedule": {"name": "warmup_cosine"}})  # fine
-        check_config({"name": "adamm"})  # ValueError: optimizer.name: expected one of [...]
-    """
-    _checked(config)
+def _chain(c: Mapping[str, Any], learning_rate: LearningRate) -> optax.GradientTransformation:
+    """clip → L2 → direction → decoupled decay → learning rate → its scale, for a checked config."""
+    pieces = []
+    if c["clip_norm"]:
+        pieces.append(optax.clip_by_global_norm(c["clip_norm"]))
+    if c["l2"]:
+        pieces.append(optax.add_decayed_weights(2.0 * c["l2"], mask=kernel_mask))
+    pieces.append(_direction(c))
+    if c["weight_decay"]:
+        pieces.append(optax.add_decayed_weights(c["weight_decay"], mask=kernel_mask))
+    pieces.append(
+        optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate)
+    )
+    # A plain number in the state: the host may change it between steps (ReduceLROnPlateau).
+    pieces.append(optax.inject_hyperparams(_scale_by_learning_rate_scale)(learning_rate_scale=1.0))
+    return optax.chain(*pieces)
 
 
 def build(
@@ -353,9 +455,8 @@ def build(
 ) -> optax.GradientTransformation:
     """Builds the optimizer chain a config describes (see ``default_config`` for every key).
 
-    The chain is ``clip → L2 → direction → decoupled decay → learning rate → learning_rate_scale``
-    (see the module docstring), then ``freeze`` and ``optax.MultiSteps``. Per step, with ``g`` the
-    gradient and ``d(·)`` the optimizer's direction (momentum, Adam, RMSprop, Adagrad)::
+    The chain of the module docstring, then ``freeze`` and ``optax.MultiSteps``. Per step, with
+    ``g`` the gradient and ``d(·)`` the direction (momentum, Adam, RMSprop, Adagrad)::
 
         g ← g · min(1, clip_norm / ‖g‖)        (global norm over all leaves)
         g ← g + 2·l2·w                          (kernels only)
@@ -366,56 +467,34 @@ def build(
     count applied updates, ``steps_per_epoch / k`` per epoch.
 
     Args:
-      config: a dict or ConfigDict; ``name`` is one of ``OPTIMIZERS``; missing keys take
-        ``default_config()``'s values. ``learning_rate`` may also be an optax schedule (then
-        ``schedule`` is ignored).
+      config: a dict or ConfigDict (``check_config`` checks it and fills in the defaults); a
+        ``learning_rate`` may also be an optax schedule (then ``schedule`` is ignored).
       steps_per_epoch: training steps (batches) per epoch; converts the schedule's epochs.
       epochs: the run's length, the default length of cosine schedules.
       params: optional; when given, ``freeze`` prefixes are checked now instead of at ``init``.
 
     Raises:
-      ValueError: for unknown names or keys (listing the valid ones) and bad values.
+      ValueError: as ``check_config``, and for a schedule that does not fit the run.
 
     Example::
 
         tx = build({"name": "momentum", "learning_rate": 0.01, "l2": 1e-4}, steps_per_epoch=100)
-        opt_state = tx.init(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, tx.init(params), params)
     """
-    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int):
+    if not _is_int(steps_per_epoch) or steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: expected an integer >= 1; got {steps_per_epoch!r}")
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch: expected an integer >= 1; got {steps_per_epoch}")
-    c = _checked(config)
-    name, k, frozen = c["name"], c["accumulate_steps"], c["freeze"]
-    learning_rate = c["learning_rate"]
+    c = check_config(config)
+    k, learning_rate = c["accumulate_steps"], c["learning_rate"]
     if not callable(learning_rate):
         # Schedules count applied updates: with accumulation there are k times fewer per epoch.
-        learning_rate = make_schedule(
-            float(learning_rate), c["schedule"], steps_per_epoch=steps_per_epoch / k, epochs=epochs
+        learning_rate = _schedule(
+            learning_rate, c["schedule"], steps_per_epoch=steps_per_epoch / k, epochs=epochs
         )
-
-    pieces = []
-    if c["clip_norm"]:
-        pieces.append(optax.clip_by_global_norm(c["clip_norm"]))
-    if c["l2"]:
-        pieces.append(optax.add_decayed_weights(2.0 * c["l2"], mask=kernel_mask))
-    pieces.append(_direction(name, c))
-    weight_decay = c["weight_decay"]
-    if weight_decay is None:
-        weight_decay = _KERAS_ADAMW_WEIGHT_DECAY if name == "adamw" else 0.0
-    if weight_decay:
-        pieces.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
-    pieces.append(
-        optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate)
-    )
-    # A plain number in the state: the host may change it between steps (ReduceLROnPlateau).
-    pieces.append(optax.inject_hyperparams(_scale_by_learning_rate_scale)(learning_rate_scale=1.0))
-    tx = optax.chain(*pieces)
-    if frozen:
+    tx = _chain(c, learning_rate)
+    if c["freeze"]:
         if params is not None:
-            _check_prefixes(params, frozen)
-        tx = freeze(tx, frozen)
+            _check_prefixes(params, c["freeze"])
+        tx = freeze(tx, c["freeze"])
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx
@@ -543,7 +622,7 @@ def _matches(path: str, prefix: str) -> bool:
 
 
 def _check_prefixes(params: Any, frozen: Sequence[str]) -> None:
-    paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for prefix in frozen:
         if not any(_matches(p, prefix) for p in paths):
             top = sorted({p.split("/", 1)[0] for p in paths})
@@ -579,7 +658,7 @@ def freeze(tx: optax.GradientTransformation, frozen: Sequence[str]) -> optax.Gra
         _check_prefixes(params, frozen)
 
         def label(path: Sequence[Any], _: Any) -> str:
-            s = _path_str(path)
+            s = path_str(path)
             return "frozen" if any(_matches(s, f) for f in frozen) else "trainable"
 
         return jax.tree_util.tree_map_with_path(label, params)

@@ -1,5 +1,7 @@
 """jaxnn.optim against formulas written out in numpy."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -428,3 +430,127 @@ def test_user_transformations_without_an_injected_rate_read_as_nan():
         optim.set_learning_rate_scale(state, 0.5)
     assert float(optim.current_learning_rate(optim.adam().init(PARAMS))) == pytest.approx(1e-3)
     assert jnp.isfinite(optim.current_learning_rate(optim.adagrad(0.01).init(PARAMS)))
+
+
+def test_check_config_returns_the_complete_config_build_uses():
+    defaults = optim.default_config().to_dict()
+    c = optim.check_config({"name": "nesterov", "learning_rate": 1, "freeze": "Dense_0"})
+    assert set(c) == set(defaults)
+    assert c["momentum"] == 0.9 and c["nesterov"] is True and c["weight_decay"] == 0.0
+    assert c["learning_rate"] == 1.0 and isinstance(c["learning_rate"], float)
+    assert c["freeze"] == ("Dense_0",)
+    assert c["schedule"] == defaults["schedule"]
+    assert optim.check_config(c) == c
+    adamw = optim.check_config({"name": "adamw", "schedule": {"name": "cosine"}})
+    assert adamw["weight_decay"] == 4e-3 and adamw["momentum"] == 0.0
+    assert adamw["schedule"] == {**defaults["schedule"], "name": "cosine"}
+    none = optim.check_config({"l2": None, "clip_norm": None, "schedule": {"total_epochs": None}})
+    assert none["l2"] == none["clip_norm"] == none["schedule"]["total_epochs"] == 0
+    for config in ({"name": "adamw", "learning_rate": 0.01}, {"name": "momentum", "l2": 0.01}):
+        raw = two_updates(optim.build(config, steps_per_epoch=1))
+        checked = two_updates(optim.build(optim.check_config(config), steps_per_epoch=1))
+        for got, want in zip(checked, raw, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+OUT_OF_RANGE = [
+    ({"learning_rate": -0.1}, "optimizer.learning_rate: expected a finite number > 0; got -0.1"),
+    ({"learning_rate": 0.0}, "optimizer.learning_rate: expected a finite number > 0; got 0.0"),
+    ({"learning_rate": 0}, "optimizer.learning_rate: expected a finite number > 0; got 0"),
+    (
+        {"learning_rate": float("inf")},
+        "optimizer.learning_rate: expected a finite number > 0; got inf",
+    ),
+    (
+        {"learning_rate": float("nan")},
+        "optimizer.learning_rate: expected a finite number > 0; got nan",
+    ),
+    ({"momentum": 1.0}, "optimizer.momentum: expected a number in [0, 1); got 1.0"),
+    ({"momentum": -0.5}, "optimizer.momentum: expected a number in [0, 1); got -0.5"),
+    ({"momentum": "0.9"}, "optimizer.momentum: expected a number in [0, 1); got '0.9'"),
+    ({"b1": 1.0}, "optimizer.b1: expected a number in [0, 1); got 1.0"),
+    ({"b2": -0.001}, "optimizer.b2: expected a number in [0, 1); got -0.001"),
+    ({"b2": None}, "optimizer.b2: expected a number in [0, 1); got None"),
+    ({"rho": 1.5}, "optimizer.rho: expected a number in [0, 1); got 1.5"),
+    ({"eps": 0.0}, "optimizer.eps: expected a finite number > 0; got 0.0"),
+    ({"eps": -1e-7}, "optimizer.eps: expected a finite number > 0; got -1e-07"),
+    (
+        {"schedule": {"decay_factor": 0.0}},
+        "optimizer.schedule.decay_factor: expected a number in (0, 1]; got 0.0",
+    ),
+    (
+        {"schedule": {"decay_factor": 2}},
+        "optimizer.schedule.decay_factor: expected a number in (0, 1]; got 2",
+    ),
+    (
+        {"schedule": {"decay_rate": 1.01}},
+        "optimizer.schedule.decay_rate: expected a number in (0, 1]; got 1.01",
+    ),
+    (
+        {"schedule": {"decay_rate": -0.5}},
+        "optimizer.schedule.decay_rate: expected a number in (0, 1]; got -0.5",
+    ),
+    (
+        {"schedule": {"decay_every_epochs": 0}},
+        "optimizer.schedule.decay_every_epochs: expected a finite number > 0; got 0",
+    ),
+    (
+        {"schedule": {"decay_epochs": -1.0}},
+        "optimizer.schedule.decay_epochs: expected a finite number > 0; got -1.0",
+    ),
+    (
+        {"schedule": {"warmup_epochs": -1}},
+        "optimizer.schedule.warmup_epochs: expected a finite number >= 0; got -1",
+    ),
+    (
+        {"schedule": {"total_epochs": -2}},
+        "optimizer.schedule.total_epochs: expected a finite number >= 0; got -2",
+    ),
+    (
+        {"schedule": {"alpha": 1.5}},
+        "optimizer.schedule.alpha: expected a number in [0, 1]; got 1.5",
+    ),
+    (
+        {"schedule": {"alpha": -0.1}},
+        "optimizer.schedule.alpha: expected a number in [0, 1]; got -0.1",
+    ),
+]
+
+
+@pytest.mark.parametrize("config, message", OUT_OF_RANGE)
+def test_numbers_out_of_range_are_refused_with_exact_messages(config, message):
+    exact = "^" + re.escape(message) + "$"
+    with pytest.raises(ValueError, match=exact):
+        optim.check_config(config)
+    with pytest.raises(ValueError, match=exact):
+        optim.build(config, steps_per_epoch=1, epochs=1)
+
+
+def test_make_schedule_and_the_factories_refuse_the_same_numbers():
+    with pytest.raises(ValueError, match=r"^optimizer.learning_rate: .* > 0; got -0.1$"):
+        optim.make_schedule(-0.1, None, steps_per_epoch=1)
+    with pytest.raises(ValueError, match=r"^optimizer.schedule.decay_rate: .*\(0, 1\]; got 0$"):
+        optim.make_schedule(0.1, {"name": "exponential", "decay_rate": 0}, steps_per_epoch=1)
+    with pytest.raises(ValueError, match=r"^optimizer.b1: .*\[0, 1\); got 1.0$"):
+        optim.adam(b1=1.0)
+    with pytest.raises(ValueError, match=r"^optimizer.rho: .*\[0, 1\); got 1.0$"):
+        optim.rmsprop(decay=1.0)
+    with pytest.raises(ValueError, match=r"^optimizer.learning_rate: .* > 0; got 0.0$"):
+        optim.sgd(0.0)
+
+
+def test_the_ends_of_each_range_that_make_sense_are_accepted():
+    edges = {"momentum": 0.0, "b1": 0.0, "b2": 0, "rho": 0.0, "eps": 1e-30}
+    schedule = {
+        "decay_factor": 1.0,
+        "decay_rate": 1,
+        "decay_every_epochs": 0.5,
+        "decay_epochs": 1e-3,
+        "warmup_epochs": 0,
+        "total_epochs": 0,
+        "alpha": 1.0,
+    }
+    for name in optim.OPTIMIZERS:
+        optim.build({"name": name, **edges, "schedule": schedule}, steps_per_epoch=1)
+    c = optim.check_config({"momentum": np.float32(0.5), "schedule": {"alpha": 0}})
+    assert c["momentum"] == 0.5 and c["schedule"]["alpha"] == 0
