@@ -7,11 +7,14 @@ Each optimizer is a full run in <workdir>/<optimizer>/ (resumable on its own); t
 <workdir>/optimizers.png and <workdir>/summary.json.
 """
 
-import sys
 from pathlib import Path
 
+import ml_collections
+
 from jaxnn import report
-from jaxnn.run import base_config, check_overrides, run
+from jaxnn.cli import main
+from jaxnn.config import base_config
+from jaxnn.run import run
 
 # name -> (optimizer config, learning rate): each optimizer's usual default rate.
 OPTIMIZERS = {
@@ -35,7 +38,19 @@ def get_config():
     return config
 
 
-def compare(config, workdir) -> dict:
+def _variant(config, name: str) -> ml_collections.ConfigDict:
+    """One optimizer's run config: the comparison's, without its list of optimizers."""
+    options = config.to_dict()
+    del options["optimizers"]
+    variant = ml_collections.ConfigDict(options)
+    optimizer, learning_rate = OPTIMIZERS[name]
+    variant.optimizer.update(optimizer)
+    variant.optimizer.learning_rate = learning_rate
+    variant.name = f"optimizers/{name}"
+    return variant
+
+
+def compare(config, workdir, *, stop=None) -> dict:
     """Runs every optimizer named in ``config.optimizers`` and plots their curves together."""
     import matplotlib
 
@@ -50,14 +65,8 @@ def compare(config, workdir) -> dict:
     results = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
-        variant = config.copy_and_resolve_references()
-        optimizer, learning_rate = OPTIMIZERS[name]
-        variant.optimizer.update(optimizer)
-        variant.optimizer.learning_rate = learning_rate
-        variant.name = f"optimizers/{name}"
-        del variant.optimizers
-        results[name] = run(variant, workdir / name)
-        history = _read_history(workdir / name / "metrics.csv")
+        results[name] = run(_variant(config, name), workdir / name, stop=stop)
+        history = results[name]["history"]
         for ax, key in zip(axes, ("val_loss", "val_accuracy"), strict=True):
             key = key if key in history else key.removeprefix("val_")
             ax.plot(range(1, len(history[key]) + 1), history[key], "o-", label=name)
@@ -79,22 +88,5 @@ def compare(config, workdir) -> dict:
     return summary
 
 
-def _read_history(path: Path) -> dict[str, list[float]]:
-    lines = path.read_text().splitlines()
-    columns = lines[0].split(",")
-    rows = [[float(v) for v in line.split(",")] for line in lines[1:]]
-    return {c: [row[i] for row in rows] for i, c in enumerate(columns)}
-
-
-def _main():
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    check_overrides(get_config(), sys.argv[1:])
-    config_flags.DEFINE_config_dict("config", get_config(), "The comparison's configuration.")
-    flags.DEFINE_string("workdir", "checkpoints/optimizers", "Where the runs go.")
-    app.run(lambda argv: compare(flags.FLAGS.config, flags.FLAGS.workdir))
-
-
 if __name__ == "__main__":
-    _main()
+    main(get_config, "checkpoints/optimizers", runner=compare)

@@ -228,27 +228,7 @@ class Checkpointer:
     def _save_error(
         self, step: int | None, error: BaseException, note: str = ""
     ) -> CheckpointError:
-        cause = error
-        while cause.__cause__ is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-            reason = "no space left on the device"
-        elif isinstance(cause, OSError):
-            reason = cause.strerror or str(cause)
-        else:
-            reason = f"{type(error).__name__}: {error}"
-        what = f"checkpoint {step}" if step is not None else "a checkpoint"
-        return CheckpointError(
-            f"{self.directory}: could not save {what} ({reason}); {note}the checkpoints already "
-            f"on disk are intact: {self._finished_steps()}"
-        )
-
-    def _finished_steps(self) -> list[int]:
-        try:
-            self._manager.reload()
-            return sorted(self._manager.all_steps())
-        except Exception:  # noqa: BLE001 - only used to word an error message
-            return []
+        return _save_error(self.directory, self._manager, step, error, note)
 
     # ------------------------------------------------------------------------------- saving
     def save(
@@ -278,18 +258,9 @@ class Checkpointer:
           CheckpointError: when the directory is not writable or the disk is full (also for an
             earlier asynchronous save that failed); the earlier checkpoints stay intact.
         """
-        if metrics is not None:
-            metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-            if self.best_metric is None or self.best_metric not in metrics:
-                metrics = None  # BestN then treats the step as unranked
-        extra = {
-            **(extra or {}),
-            _META_KEY: {
-                "metrics": metrics,
-                "best_metric": self.best_metric,
-                "best_mode": self.best_mode,
-            },
-        }
+        metrics = self._ranking(metrics)
+        meta = {"metrics": metrics, "best_metric": self.best_metric, "best_mode": self.best_mode}
+        extra = {**(extra or {}), _META_KEY: meta}
         try:
             started = self._manager.save(
                 int(step),
@@ -314,6 +285,14 @@ class Checkpointer:
         if started:
             self._pending_step = int(step)
         return started
+
+    def _ranking(self, metrics: Mapping[str, float] | None) -> dict[str, float] | None:
+        """The finite metrics that rank a step, or None when they lack ``best_metric`` (BestN
+        then treats the step as unranked)."""
+        if metrics is None:
+            return None
+        metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        return metrics if self.best_metric is not None and self.best_metric in metrics else None
 
     def wait(self) -> None:
         """Blocks until a pending asynchronous save is on disk.
@@ -451,6 +430,36 @@ class Checkpointer:
                 + "\nMove the folder away to start over, or restore a backup."
             )
         return None
+
+
+def _save_error(
+    directory: Path,
+    manager: ocp.CheckpointManager,
+    step: int | None,
+    error: BaseException,
+    note: str = "",
+) -> CheckpointError:
+    """One message for a failed save: what failed, why (the OS's reason), which steps are
+    still intact on disk."""
+    cause = error
+    while cause.__cause__ is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    elif isinstance(cause, OSError):
+        reason = cause.strerror or str(cause)
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    try:
+        manager.reload()
+        intact = sorted(manager.all_steps())
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        intact = []
+    what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    return CheckpointError(
+        f"{directory}: could not save {what} ({reason}); {note}the checkpoints already "
+        f"on disk are intact: {intact}"
+    )
 
 
 def _resolve_step(

@@ -100,7 +100,7 @@ def _unknown_key(error: BaseException) -> str:
     )
 
 
-def _train(stop: StopRequest) -> None:
+def _train(runner: Callable[..., object], stop: StopRequest) -> None:
     from absl import flags
 
     sharding.initialize_distributed(
@@ -110,7 +110,7 @@ def _train(stop: StopRequest) -> None:
         timeout_s=flags.FLAGS.distributed_timeout,
     )
     enable_compilation_cache()
-    run(flags.FLAGS.config, flags.FLAGS.workdir, stop=stop)
+    runner(flags.FLAGS.config, flags.FLAGS.workdir, stop=stop)
 
 
 def _interrupted(workdir: str) -> None:
@@ -124,8 +124,15 @@ def _interrupted(workdir: str) -> None:
     sys.exit(130)
 
 
-def main(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: str) -> None:
-    """Runs an experiment from the command line: parses flags, then ``jaxnn.run.run``.
+def main(
+    get_config: Callable[[], ml_collections.ConfigDict],
+    default_workdir: str,
+    *,
+    runner: Callable[..., object] = run,
+) -> None:
+    """Runs an experiment from the command line: parses flags, then ``runner`` (default
+    ``jaxnn.run.run``; any ``(config, workdir, *, stop)`` function, such as a comparison of
+    several runs).
 
     SIGINT and SIGTERM finish the step in flight, save a checkpoint and exit 130 with the
     command that resumes; a bad value exits 2 with one ``error:`` line.
@@ -143,7 +150,7 @@ def main(get_config: Callable[[], ml_collections.ConfigDict], default_workdir: s
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: stop.request())
         try:
-            _train(stop)
+            _train(runner, stop)
         except KeyboardInterrupt:
             _interrupted(flags.FLAGS.workdir)
         except _USER_ERRORS as error:

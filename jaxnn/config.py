@@ -35,38 +35,8 @@ def base_config() -> ConfigDict:
     c.steps_per_dispatch = config_dict.placeholder(int)  # None: chosen by model (see Trainer)
     c.fresh = False  # True: delete the workdir's run and start over
     c.verbose = 1
-    c.dataset = ConfigDict(
-        {
-            "name": "fashion_mnist",  # one of DATASETS
-            "data_dir": "",  # prepared tfds data (default $JAXNN_TFDS_DIR or ~/tensorflow_datasets)
-            "source_dir": "",  # original distribution files (default: $JAXNN_DATA_DIR, Debian's)
-            "validation_split": 0.1,  # carved from train by seed; test is never touched
-            "normalization": "scale",  # scale: [0, 1]; standardize: per-channel mean/std of train
-            "limit_train": 0,  # >0: use only the first N training examples (quick runs, tests)
-            "limit_test": 0,
-            "num_examples": 2000,  # generated tabular data
-            "num_features": 10,
-            "noise": 0.1,
-            "test_split": 0.2,
-            "csv_path": "",
-            "target": "target",
-        }
-    )
-    c.model = ConfigDict(
-        {
-            "name": "mlp",  # mlp | cnn
-            "features": (128, 128),
-            "filters": (32, 64),
-            "kernel_size": 3,
-            "pool": "max",
-            "dense": (128,),
-            "activation": "relu",
-            "dropout_rate": 0.0,
-            "batch_norm": False,
-            "kernel_init": "glorot_uniform",
-            "dtype": "float32",  # bfloat16: mixed precision with float32 parameters
-        }
-    )
+    c.dataset = _dataset_config()
+    c.model = _model_config()
     c.loss = "sparse_categorical_crossentropy"
     c.metrics = ("accuracy",)
     c.optimizer = optim.default_config()
@@ -93,6 +63,46 @@ def base_config() -> ConfigDict:
     )
     c.checkpoint = ConfigDict({"enabled": True, "every_steps": 0, "keep_latest": 2, "keep_best": 1})
     return c
+
+
+def _dataset_config() -> ConfigDict:
+    """Which data, where it is, how it is split and scaled."""
+    return ConfigDict(
+        {
+            "name": "fashion_mnist",  # one of DATASETS
+            "data_dir": "",  # prepared tfds data (default $JAXNN_TFDS_DIR or ~/tensorflow_datasets)
+            "source_dir": "",  # original distribution files (default: $JAXNN_DATA_DIR, Debian's)
+            "validation_split": 0.1,  # carved from train by seed; test is never touched
+            "normalization": "scale",  # scale: [0, 1]; standardize: per-channel mean/std of train
+            "limit_train": 0,  # >0: use only the first N training examples (quick runs, tests)
+            "limit_test": 0,
+            "num_examples": 2000,  # generated tabular data
+            "num_features": 10,
+            "noise": 0.1,
+            "test_split": 0.2,
+            "csv_path": "",
+            "target": "target",
+        }
+    )
+
+
+def _model_config() -> ConfigDict:
+    """The MLP's or CNN's shape (``build_model``)."""
+    return ConfigDict(
+        {
+            "name": "mlp",  # mlp | cnn
+            "features": (128, 128),
+            "filters": (32, 64),
+            "kernel_size": 3,
+            "pool": "max",
+            "dense": (128,),
+            "activation": "relu",
+            "dropout_rate": 0.0,
+            "batch_norm": False,
+            "kernel_init": "glorot_uniform",
+            "dtype": "float32",  # bfloat16: mixed precision with float32 parameters
+        }
+    )
 
 
 def _expect(ok: bool, key: str, expected: str, value: Any) -> None:

@@ -19,7 +19,14 @@ from jaxnn import metrics as metrics_lib
 from jaxnn import optim
 from jaxnn.sharding import aligned_empty
 
-__all__ = ["ModelInputs", "as_array", "check_int", "check_optimizer", "check_validation_split"]
+__all__ = [
+    "ModelInputs",
+    "as_array",
+    "check_int",
+    "check_optimizer",
+    "check_validation_split",
+    "training_arrays",
+]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -85,6 +92,20 @@ def check_compiler_options(options: Any) -> Mapping[str, str] | None:
             f"{type(options).__name__}"
         )
     return options
+
+
+def check_steps_per_dispatch(value: Any) -> int | str:
+    """``"auto"`` or an integer >= 1."""
+    if value != "auto":
+        check_int("steps_per_dispatch", value, 1)
+    return value
+
+
+def check_mesh(mesh: Any) -> jax.sharding.Mesh | None:
+    """None (every device) or a ``jax.sharding.Mesh``."""
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
+    return mesh
 
 
 class ModelInputs:
@@ -163,3 +184,35 @@ class ModelInputs:
         if self.loss.target_kind == "int_labels":
             return x, y.reshape(len(y)).astype(np.int32)
         return x, y.astype(np.float32, copy=False)
+
+
+def training_arrays(
+    model_inputs: ModelInputs,
+    x: Any,
+    y: Any,
+    validation_split: Any,
+    validation_data: Any,
+    *,
+    seed: int,
+    multiprocess: bool,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """``fit``'s arrays checked: ``((x, y), (x_val, y_val) or None)``, ``validation_data``
+    checked like ``(x, y)``, or a ``validation_split`` carved from ``(x, y)`` by
+    ``jaxnn.data.train_validation_split``."""
+    validation_split = check_validation_split(validation_split)
+    x, y = model_inputs.prepare_xy(x, y)
+    if validation_data is not None:
+        if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+            raise ValueError("validation_data: expected a tuple (x_val, y_val)")
+        return (x, y), model_inputs.prepare_xy(*validation_data, prefix="validation_data ")
+    if not validation_split:
+        return (x, y), None
+    if multiprocess:
+        raise ValueError(
+            "validation_split: not available in a multi-process run (each process holds "
+            "only its rows); split the data first and pass validation_data"
+        )
+    from jaxnn.data.preprocess import train_validation_split
+
+    x, y, x_val, y_val = train_validation_split(x, y, validation_split, seed)
+    return (x, y), (x_val, y_val)

@@ -14,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["TrainState", "create_train_state", "rng_streams"]
+from jaxnn import sharding
+
+# XLA CPU compile options for the one-off state initialisation (see init_on_mesh).
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+__all__ = ["TrainState", "create_train_state", "init_on_mesh", "rng_streams"]
 
 
 @flax.struct.dataclass
@@ -46,11 +51,13 @@ class TrainState:
 def rng_streams(seed: int) -> dict[str, jax.Array]:
     """Derives every random stream of a run from one seed by ``fold_in`` (big_vision's habit).
 
-    Returns a dict with keys ``init`` (parameter initialisation), ``dropout``, ``data`` (epoch
-    permutations and validation split) and ``augment``.
+    Returns a dict with keys ``init`` (parameter initialisation), ``dropout`` (the train state's
+    key: each step folds in its number, then 0 for dropout and 1 for augmentation) and ``data``
+    (epoch permutations). The validation split is numpy's ``default_rng(seed)`` permutation
+    (``jaxnn.data.train_validation_split``), the same one ``jaxnn.run`` uses.
     """
     root = jax.random.key(seed)
-    names = ("init", "dropout", "data", "augment")
+    names = ("init", "dropout", "data")
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(names)}
 
 
@@ -77,3 +84,27 @@ def create_train_state(
         opt_state=tx.init(params),
         rng=jax.random.key_data(streams["dropout"]),
     )
+
+
+def init_on_mesh(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    *,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+) -> TrainState:
+    """``create_train_state`` as one compiled call whose result is replicated over ``mesh``.
+
+    Op by op, initialisation dispatches dozens of small compilations. It runs once, so on CPU it
+    is compiled without LLVM's optimisations (uniform initialisers give the same bits; normal
+    ones, through erfinv, differ in the last bits).
+    """
+
+    def init() -> TrainState:
+        sample = jnp.zeros((1, *input_shape), jnp.float32)
+        return create_train_state(model, tx, sample, seed=seed)
+
+    cpu = mesh.devices.flat[0].platform == "cpu"
+    options = _INIT_COMPILER_OPTIONS if cpu else None
+    return jax.jit(init, out_shardings=sharding.replicated(mesh), compiler_options=options)()

@@ -24,7 +24,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -34,8 +33,8 @@ from jaxnn import metrics as metrics_lib
 from jaxnn import sharding as sharding_lib
 from jaxnn.callbacks import Callback, ProgressLogger
 from jaxnn.feeding import Fed, Feeder
-from jaxnn.loop import TrainLoop
-from jaxnn.state import TrainState, create_train_state, rng_streams
+from jaxnn.loop import TrainLoop, evaluate_dispatches, train_dispatches
+from jaxnn.state import TrainState, init_on_mesh, rng_streams
 from jaxnn.step import (
     Steps,
     TrainingDivergedError,
@@ -52,8 +51,6 @@ OptimizerSpec = optax.GradientTransformation | str | Mapping[str, Any]
 
 # Default evaluation/predict batch: large batches amortise dispatch; memory stays modest.
 _EVAL_BATCH = 1024
-# XLA CPU compile options for the one-off state initialisation (see Trainer.initialize).
-_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def _loop_attribute(name: str, doc: str) -> property:
@@ -122,29 +119,18 @@ class Trainer:
         self.optimizer = inputs.check_optimizer(optimizer)
         self.seed = inputs.check_int("seed", seed, 0)
         self.augment = augment
-        if steps_per_dispatch != "auto":
-            inputs.check_int("steps_per_dispatch", steps_per_dispatch, 1)
-        self.steps_per_dispatch = steps_per_dispatch
-        if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-            raise ValueError(f"mesh: expected a jax.sharding.Mesh; got {type(mesh).__name__}")
-        self.mesh = sharding_lib.make_mesh() if mesh is None else mesh
+        self.steps_per_dispatch = inputs.check_steps_per_dispatch(steps_per_dispatch)
+        self.mesh = inputs.check_mesh(mesh) or sharding_lib.make_mesh()
+        self.device_data_limit_bytes = device_data_limit_bytes
         self._feeder = Feeder(self.mesh, device_data_limit_bytes)
-        self._platform = self.mesh.devices.flat[0].platform
         compiler_options = inputs.check_compiler_options(compiler_options)
-        self.compiler_options = (
-            default_compiler_options(self._platform)
-            if compiler_options is None
-            else dict(compiler_options)
-        )
+        if compiler_options is None:
+            compiler_options = default_compiler_options(self.mesh.devices.flat[0].platform)
+        self.compiler_options = dict(compiler_options)
         self.loop = TrainLoop()
         self._resume_pending = False  # the loop's position and metrics continue an epoch
         self._steps: Steps | None = None
         self._built_for: tuple[int, int | None] | None = None
-
-    @property
-    def device_data_limit_bytes(self) -> int:
-        """Datasets larger than this are streamed from the host."""
-        return self._feeder.device_data_limit_bytes
 
     # ----------------------------------------------------------------------------- state
     def initialize(
@@ -158,12 +144,10 @@ class Trainer:
     ) -> TrainState:
         """Builds the optimizer, the train state and the compiled steps without training.
 
-        ``fit`` does this itself; call it directly to restore a checkpoint into the state before
-        ``fit``, or to see the model's variables. Pass the training inputs ``x`` (this process's
-        rows) and ``batch_size``: the optimizer's schedules are built from the epoch's length,
-        computed here as ``fit`` computes it (or pass ``steps_per_epoch`` with any ``x`` of the
-        right example shape). ``epochs`` is the run's total length (cosine schedules default to
-        it). The steps are rebuilt (and so recompiled) only when these change.
+        ``fit`` does this itself; call it to restore a checkpoint before ``fit``. Pass the training
+        inputs ``x`` (this process's rows) and ``batch_size``: the schedules are built from the
+        epoch's length, computed as ``fit`` does (or pass ``steps_per_epoch`` and any ``x`` of the
+        right example shape), and ``epochs``, the run's length. Rebuilt only when these change.
         """
         x = inputs.as_array("x", x)
         self._inputs.check_x("x", x)
@@ -178,7 +162,9 @@ class Trainer:
         else:
             tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
         if self.state is None:
-            self.state = self._init_state(tx)
+            self.state = init_on_mesh(
+                self.model, tx, self._inputs.input_shape, seed=self.seed, mesh=self.mesh
+            )
         self._steps = make_steps(
             self.model,
             self.loss,
@@ -190,22 +176,6 @@ class Trainer:
         )
         self._built_for = (steps_per_epoch, epochs)
         return self.state
-
-    def _init_state(self, tx: optax.GradientTransformation) -> TrainState:
-        shape = (1, *self._inputs.input_shape)
-
-        def init() -> TrainState:
-            sample = jnp.zeros(shape, jnp.float32)
-            return create_train_state(self.model, tx, sample, seed=self.seed)
-
-        # One compiled initialisation (op by op it dispatched dozens of small compiles), created
-        # replicated on the mesh. It runs once, so on CPU it is compiled without LLVM's
-        # optimisations (uniform initialisers give the same bits; normal ones, through erfinv,
-        # differ in the last bits).
-        options = _INIT_COMPILER_OPTIONS if self._platform == "cpu" else None
-        return jax.jit(
-            init, out_shardings=sharding_lib.replicated(self.mesh), compiler_options=options
-        )()
 
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
@@ -264,9 +234,8 @@ class Trainer:
 
         Args:
           x, y: training inputs and targets (numpy-compatible, same length). On one CPU device
-            a float32 ``x`` in 64-byte-aligned memory (what ``jaxnn.data.to_float``,
-            ``normalize`` and ``train_validation_split`` return) is trained on in place, not
-            copied: do not modify it from a callback during ``fit``.
+            a float32 ``x`` in 64-byte-aligned memory (as ``jaxnn.data`` returns it) is trained
+            on in place, not copied: do not modify it from a callback during ``fit``.
           epochs: epochs to run (continuing from earlier ``fit`` calls).
           batch_size: examples per step; ``len(x)`` gives batch gradient descent, 1 gives SGD.
           validation_split: fraction in [0, 1) of (x, y) held out for validation, chosen by a
@@ -286,21 +255,24 @@ class Trainer:
         """
         epochs = inputs.check_int("epochs", epochs, 0)
         batch_size = inputs.check_int("batch_size", batch_size, 1)
-        validation_split = inputs.check_validation_split(validation_split)
-        x, y = self._inputs.prepare_xy(x, y)
-        (x, y), validation = self._split(x, y, validation_split, validation_data)
+        (x, y), validation = inputs.training_arrays(
+            self._inputs, x, y, validation_split, validation_data, seed=self.seed,
+            multiprocess=self._feeder.multiprocess,
+        )  # fmt: skip
         sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
         train = self._feeder.feed(x, y)
         total = feeding.steps_per_epoch(train.n, batch_size, drop_remainder)
         self.initialize(x, steps_per_epoch=total, epochs=self.epoch + epochs)
-        val = None
-        if validation is not None:
-            val = self._feeder.feed(*validation, prefix="validation_data ")
-        loop = self.loop
-        loop.steps_per_epoch = total
+        val = validation and self._feeder.feed(*validation, prefix="validation_data ")
+        self.loop.steps_per_epoch = total
         callbacks = list(callbacks)
         if verbose:
-            callbacks.append(ProgressLogger(loop.steps_per_epoch, loop.epoch + epochs))
+            callbacks.append(ProgressLogger(total, self.epoch + epochs))
+        return self._fit_epochs(epochs, train, val, batch_size, shuffle, callbacks)
+
+    def _fit_epochs(self, epochs, train, val, batch_size, shuffle, callbacks) -> dict:
+        """The epoch loop with its callback hooks; returns this call's part of the history."""
+        loop = self.loop
         done_before = {key: len(values) for key, values in loop.history.items()}
         loop.stop_training = False
         for callback in callbacks:
@@ -319,24 +291,6 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_end(loop, history)
         return history
-
-    def _split(self, x, y, validation_split: float, validation_data) -> tuple:
-        """``((x, y), (x_val, y_val) or None)`` from ``validation_data`` or ``validation_split``."""
-        if validation_data is not None:
-            if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-                raise ValueError("validation_data: expected a tuple (x_val, y_val)")
-            return (x, y), self._inputs.prepare_xy(*validation_data, prefix="validation_data ")
-        if not validation_split:
-            return (x, y), None
-        if self._feeder.multiprocess:
-            raise ValueError(
-                "validation_split: not available in a multi-process run (each process holds "
-                "only its rows); split the data first and pass validation_data"
-            )
-        from jaxnn.data.preprocess import train_validation_split
-
-        x, y, x_val, y_val = train_validation_split(x, y, validation_split, self.seed)
-        return (x, y), (x_val, y_val)
 
     def _run_epoch(self, train: Fed, val: Fed | None, batch_size, shuffle, callbacks) -> dict:
         start = time.perf_counter()
@@ -366,17 +320,9 @@ class Trainer:
         # Only the last batch can hold padding, and only BatchNorm needs telling (the loss and
         # metrics weigh every example anyway): a compiled variant of its own just for that.
         padded = total * batch_size > train.n and bool(self.state.batch_stats)
-        while done < total:
-            steps = min(k, total - done)
-            x, y, idx, weight, start = train.inputs(plan, done, k)
-            masked = padded and done + steps == total
-            self.state, metrics = self._steps.train(
-                self.state, metrics, x, y, idx, weight, start, start + steps, k=k, masked=masked
-            )
-            done += steps
-            loop.position, loop.global_step, loop.metrics = done, loop.global_step + steps, metrics
-            for callback in callbacks:
-                callback.on_dispatch_end(loop, done, metrics)
+        metrics = train_dispatches(
+            loop, self._steps.train, train, plan, k, metrics, mask_last=padded, callbacks=callbacks
+        )
         check_finite(metrics, loop.epoch)  # before anything is logged or checkpointed
         loop.position, loop.metrics = 0, self.empty_train_metrics()
         return metrics_lib.compute_collection(split_train_metrics(metrics)[0])
@@ -390,10 +336,7 @@ class Trainer:
         k = self.dispatch_size(num_batches) if data.resident else 1
         plan = self._feeder.plan(data.n, batch_size, round_up(num_batches, k))
         metrics = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
-        variables = self.variables
-        for done in range(0, plan.idx.shape[0], k):
-            x, y, idx, weight, start = data.inputs(plan, done, k)
-            metrics = self._steps.evaluate(variables, metrics, x, y, idx, weight, start, k=k)
+        metrics = evaluate_dispatches(self._steps.evaluate, self.variables, metrics, data, plan, k)
         return metrics_lib.compute_collection(metrics)
 
     def _require_state(self, what: str) -> None:

@@ -224,7 +224,9 @@ def test_invalid_arguments_name_the_argument(tmp_path):
         with pytest.raises(ValueError, match="step: a checkpoint 1 already exists"):
             checkpointer.save(1, trained_state(shift=1.0), extra={}, force=True)
         assert_bitwise_equal(checkpointer.restore(trained_state())[0], trained_state())
-        with pytest.raises(ValueError, match="step: expected an int, 'latest' or 'best'"):
+        with pytest.raises(
+            ValueError, match="step: expected a step number, 'latest' or 'best'; got 'first'"
+        ):
             checkpointer.restore(trained_state(), "first")
 
 
@@ -391,9 +393,9 @@ def test_restore_without_batch_stats_and_bad_arguments(tmp_path):
     variables = restore(tmp_path)
     assert list(variables) == ["params"]  # an MLP has no batch_stats
     assert_bitwise_equal(variables["params"], states[2].params)
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint 9; have \[1, 2\]"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 9; the steps on disk are \[1, 2\]"):
         restore(tmp_path, 9)
-    with pytest.raises(ValueError, match="which: expected 'latest', 'best' or a step number"):
+    with pytest.raises(ValueError, match="which: expected a step number, 'latest' or 'best'"):
         restore(tmp_path, "first")
     with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
         restore(tmp_path / "elsewhere")

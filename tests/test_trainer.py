@@ -73,8 +73,10 @@ def test_steps_per_dispatch_does_not_change_the_result(batch_norm):
         # told about the padded last batch.
         assert trainer._steps.train._cache_size() == (2 if batch_norm else 1)
         results.append((trainer.state.variables, history["loss"], history["accuracy"]))
+    # Scanned and single steps are the same math but XLA fuses them differently: on the Intel
+    # Xeon (AMX) VM the BatchNorm model's parameters differ by up to 4e-6 relative after 14 steps.
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results
     )
 
 
