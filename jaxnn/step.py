@@ -51,9 +51,9 @@ NONFINITE = "nonfinite_steps"
 FIRST_NONFINITE = "first_nonfinite_step"  # 1-based global step number, -1 while all are finite
 
 # XLA CPU hands dots, reductions and convolutions to YNNPACK by default; in jaxlib 0.10 its
-# convolutions run on one thread. Without them in the list, convolutions take XLA's own
-# multi-threaded kernels: on the 2-core AMD EPYC VM the benchmark CNN's step took 52-57 ms instead
-# of 71-77 ms (`python -m experiments.profile_step` vs `... --xla-defaults`).
+# convolutions run on one thread. Left out of the list, convolutions go to XLA's own
+# multi-threaded kernels, which are faster with two cores or more (figures in
+# docs/design-notes.md).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
     "LIBRARY_FUSION_TYPE_REDUCE"
@@ -95,11 +95,12 @@ def default_compiler_options(platform: str) -> dict[str, str]:
 
 
 def gather_rows(array: Array, idx: Array) -> Array:
-    """``array[idx]`` for in-bounds row indices, ~2.5x faster on XLA CPU than plain indexing.
+    """``array[idx]`` for in-bounds row indices, faster on XLA CPU than plain indexing.
 
     Rows are flattened so each gathered slice is one contiguous block, and ``mode="clip"`` skips
     the out-of-bounds masking that ``array[idx]`` adds (the indices come from a permutation, so
-    they are always in bounds). Shape: ``idx.shape + array.shape[1:]``.
+    they are always in bounds); figures in docs/design-notes.md. Shape: ``idx.shape +
+    array.shape[1:]``.
     """
     flat = array.reshape(array.shape[0], -1)
     return flat.at[idx].get(mode="clip").reshape(idx.shape + array.shape[1:])
@@ -246,8 +247,8 @@ def _loss_fn(model, loss, batch_stats, x, y, weight, masked, dropout_key) -> Cal
             variables,
             x,
             train=True,
-            # A mask only where padding can be: masked BatchNorm statistics cost ~9 % of a
-            # CNN step on XLA CPU, so full batches skip it.
+            # A mask only where padding can be: masked BatchNorm statistics cost a noticeable share
+            # of a CNN step on XLA CPU (docs/design-notes.md), so full batches skip it.
             mask=weight if masked else None,
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"] if has_bn else [],
