@@ -16,13 +16,15 @@ ignores what it does not need. A collection is a plain ``dict`` of metrics.
 
 Example::
 
+    from jaxnn import metrics as metrics_lib
+
     names = ("loss", "accuracy")
-    acc = metrics.empty_collection(names)
+    metrics = metrics_lib.empty_collection(names)
     for logits, labels, weights, per_example_loss in batches:   # inside jit in practice
-        batch = metrics.collection_from_model_output(
+        batch = metrics_lib.collection_from_model_output(
             names, outputs=logits, targets=labels, weights=weights, loss=per_example_loss)
-        acc = metrics.merge_collections(acc, batch)
-    print(metrics.compute_collection(acc))   # {"loss": ..., "accuracy": ...}
+        metrics = metrics_lib.merge_collections(metrics, batch)
+    print(metrics_lib.compute_collection(metrics))   # {"loss": ..., "accuracy": ...}
 """
 
 from __future__ import annotations
@@ -407,7 +409,7 @@ def merge_collections(a: Mapping[str, Metric], b: Mapping[str, Metric]) -> dict[
 
     Example::
 
-        acc = merge_collections(acc, batch)
+        metrics = merge_collections(metrics, batch)
     """
     if set(a) != set(b):
         raise ValueError(
