@@ -93,7 +93,8 @@ def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> Array:
 def _batch_size(outputs: Array, argument: str = "outputs") -> int:
     if outputs.ndim == 0:
         raise ValueError(
-            f"`{argument}` must have a leading batch dimension; got a scalar of shape ()."
+            f"{argument}: expected an array with a leading batch dimension; got a scalar of "
+            "shape ()"
         )
     return outputs.shape[0]
 
@@ -104,8 +105,8 @@ def _regression_pair(outputs: ArrayLike, targets: ArrayLike) -> tuple[Array, Arr
     batch = _batch_size(outputs)
     if targets.size != outputs.size or (targets.ndim > 0 and targets.shape[0] != batch):
         raise ValueError(
-            f"`targets` must have as many values per example as `outputs`: expected shape "
-            f"{outputs.shape} (or {(batch,)} for one output), got {targets.shape}."
+            f"targets: expected as many values per example as outputs, shape {outputs.shape} "
+            f"(or {(batch,)} for one output); got {targets.shape}"
         )
     outputs = outputs.reshape(batch, -1)
     return outputs, targets.reshape(outputs.shape).astype(outputs.dtype)
@@ -179,9 +180,9 @@ def binary_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> A
     batch = _batch_size(outputs)
     if outputs.size != batch or targets.size != batch:
         raise ValueError(
-            f"binary_crossentropy expects one logit and one target per example: `outputs` of "
-            f"shape ({batch},) or ({batch}, 1) and `targets` of the same size; got outputs "
-            f"{outputs.shape} and targets {targets.shape}."
+            f"outputs, targets: expected one logit and one target per example for "
+            f"binary_crossentropy, outputs of shape ({batch},) or ({batch}, 1) and targets of the "
+            f"same size; got outputs {outputs.shape} and targets {targets.shape}"
         )
     logits = outputs.reshape(batch)
     return optax.sigmoid_binary_cross_entropy(logits, targets.reshape(batch).astype(logits.dtype))
@@ -207,9 +208,9 @@ def categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike)
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     if outputs.ndim != 2 or targets.shape != outputs.shape:
         raise ValueError(
-            f"categorical_crossentropy expects `outputs` of shape (B, C) and `targets` of the same "
-            f"shape (one-hot or soft); got outputs {outputs.shape} and targets {targets.shape}. "
-            f"For integer labels use 'sparse_categorical_crossentropy'."
+            f"outputs, targets: expected outputs of shape (B, C) and targets of the same shape "
+            f"(one-hot or soft) for categorical_crossentropy; got outputs {outputs.shape} and "
+            f"targets {targets.shape}. For integer labels use 'sparse_categorical_crossentropy'."
         )
     return optax.softmax_cross_entropy(outputs, targets.astype(outputs.dtype))
 
@@ -235,9 +236,9 @@ def sparse_categorical_crossentropy_per_example(outputs: ArrayLike, targets: Arr
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     if outputs.ndim != 2 or targets.size != outputs.shape[0]:
         raise ValueError(
-            f"sparse_categorical_crossentropy expects `outputs` of shape (B, C) and integer "
-            f"`targets` of shape (B,); got outputs {outputs.shape} and targets {targets.shape}. "
-            f"For one-hot targets use 'categorical_crossentropy'."
+            f"outputs, targets: expected outputs of shape (B, C) and integer targets of shape "
+            f"(B,) for sparse_categorical_crossentropy; got outputs {outputs.shape} and targets "
+            f"{targets.shape}. For one-hot targets use 'categorical_crossentropy'."
         )
     labels = targets.reshape(outputs.shape[0]).astype(jnp.int32)
     return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
@@ -309,10 +310,10 @@ class Loss:
     def __post_init__(self) -> None:
         if self.target_kind not in TARGET_KINDS:
             raise ValueError(
-                f"`target_kind` must be one of {TARGET_KINDS}; got {self.target_kind!r}."
+                f"target_kind: expected one of {TARGET_KINDS}; got {self.target_kind!r}"
             )
         if self.task not in TASKS:
-            raise ValueError(f"`task` must be one of {TASKS}; got {self.task!r}.")
+            raise ValueError(f"task: expected one of {TASKS}; got {self.task!r}")
 
     def __call__(
         self, outputs: ArrayLike, targets: ArrayLike, weights: ArrayLike | None = None
@@ -385,8 +386,8 @@ def get(name_or_callable: str | Loss | PerExample) -> Loss:
         key = _ALIASES.get(name_or_callable, name_or_callable)
         if key not in _REGISTRY:
             raise ValueError(
-                f"Unknown loss {name_or_callable!r}; expected one of {names()} or a callable "
-                f"(outputs, targets) -> per-example losses of shape (B,)."
+                f"loss: unknown name {name_or_callable!r}; expected one of {names()} or a "
+                f"callable (outputs, targets) -> per-example losses of shape (B,)"
             )
         return _REGISTRY[key]
     if callable(name_or_callable):
@@ -398,8 +399,8 @@ def get(name_or_callable: str | Loss | PerExample) -> Loss:
             task="regression",
         )
     raise TypeError(
-        f"`loss` must be a loss name, a jaxnn.losses.Loss or a callable; "
-        f"got {type(name_or_callable).__name__}."
+        f"loss: expected a loss name, a jaxnn.losses.Loss or a callable; "
+        f"got {type(name_or_callable).__name__}"
     )
 
 
@@ -432,88 +433,112 @@ def check_targets(
         >>> check_targets(get("sparse_categorical_crossentropy"), np.array([0, 3]), 3)
         Traceback (most recent call last):
         ...
-        ValueError: `y` for 'sparse_categorical_crossentropy' must hold labels in [0, 3); ...
+        ValueError: y: expected labels in [0, 3) for 'sparse_categorical_crossentropy' ...
     """
     y = np.asarray(targets)
-    arg = f"`{argument}`"
-    name = loss.name
+    _check_numeric_examples(y, argument)
+    _TARGET_CHECKS[loss.target_kind](y, num_outputs, argument, loss.name)
+
+
+def _check_numeric_examples(y: np.ndarray, argument: str) -> None:
+    """What every kind of target needs: a leading example axis, a numeric dtype, finite values."""
     if y.ndim == 0 or y.shape[0] == 0:
-        raise ValueError(f"{arg} must have a leading example dimension; got shape {y.shape}.")
+        raise ValueError(
+            f"{argument}: expected an array with a leading example dimension; got shape {y.shape}"
+        )
     if y.dtype.kind not in "biuf":
-        raise ValueError(f"{arg} must be numeric; got dtype {y.dtype}.")
+        raise ValueError(f"{argument}: expected a numeric array; got dtype {y.dtype}")
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         bad = np.flatnonzero(~np.isfinite(y.reshape(y.shape[0], -1)).all(axis=1))
         raise ValueError(
-            f"{arg} must be finite; got NaN or Inf in {bad.size} example(s), the first at "
-            f"index {int(bad[0])}."
+            f"{argument}: expected finite values; got NaN or Inf in {bad.size} example(s), the "
+            f"first at index {int(bad[0])}"
         )
-    n = y.shape[0]
-    kind = loss.target_kind
 
-    if kind == "int_labels":
-        if y.ndim == 2 and y.shape[1] > 1:
-            raise ValueError(
-                f"{arg} for {name!r} must be integer labels of shape ({n},); got shape {y.shape}, "
-                f"which looks one-hot: use 'categorical_crossentropy', or pass y.argmax(-1)."
-            )
-        if y.ndim > 2:
-            raise ValueError(
-                f"{arg} for {name!r} must be integer labels of shape ({n},); got shape {y.shape}."
-            )
-        # Like Keras, float labels are fine when they hold whole class indices (0.0, 1.0, ...).
-        if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
-            raise ValueError(
-                f"{arg} for {name!r} must hold integer labels; got dtype {y.dtype}. "
-                f"Cast with y.astype(np.int32) if the values are whole class indices."
-            )
-        bad = np.flatnonzero((y < 0) | (y >= num_outputs))
-        if bad.size:
-            value = y.reshape(-1)[bad[0]]
-            raise ValueError(
-                f"{arg} for {name!r} must hold labels in [0, {num_outputs}) for a model with "
-                f"{num_outputs} outputs; got {int(value)} at index {int(bad[0])} "
-                f"({bad.size} label(s) out of range)."
-            )
-    elif kind == "one_hot":
-        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and num_outputs > 1):
-            raise ValueError(
-                f"{arg} for {name!r} must be one-hot or soft targets of shape "
-                f"({n}, {num_outputs}); got shape {y.shape} ({y.dtype}), which looks like integer "
-                f"labels: use "
-                f"'sparse_categorical_crossentropy'."
-            )
-        if y.shape != (n, num_outputs):
-            raise ValueError(
-                f"{arg} for {name!r} must have shape ({n}, {num_outputs}) to match the model's "
-                f"{num_outputs} outputs; got {y.shape}."
-            )
-        if y.min() < 0 or y.max() > 1:
-            raise ValueError(
-                f"{arg} for {name!r} must hold probabilities in [0, 1]; got values in "
-                f"[{y.min()}, {y.max()}]."
-            )
-    elif kind == "binary":
-        if num_outputs != 1:
-            raise ValueError(
-                f"{name!r} needs a model with 1 output (a logit); got num_outputs={num_outputs}. "
-                f"For {num_outputs} classes use 'sparse_categorical_crossentropy'."
-            )
-        if y.size != n:
-            raise ValueError(
-                f"{arg} for {name!r} must have one target per example, shape ({n},) or ({n}, 1); "
-                f"got {y.shape}."
-            )
-        if y.min() < 0 or y.max() > 1:
-            raise ValueError(
-                f"{arg} for {name!r} must hold values in [0, 1]; got values in "
-                f"[{y.min()}, {y.max()}]."
-            )
-    else:  # "real"
-        per_example = y.size // n
-        if per_example != num_outputs:
-            raise ValueError(
-                f"{arg} for {name!r} must have {num_outputs} value(s) per example to match the "
-                f"model's outputs, shape ({n}, {num_outputs})"
-                + (f" or ({n},)" if num_outputs == 1 else "")
-                + f"; got shape {y.shape} ({per_example} per example)."
-            )
+
+def _check_int_labels(y: np.ndarray, num_outputs: int, argument: str, name: str) -> None:
+    n = y.shape[0]
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(
+            f"{argument}: expected integer labels of shape ({n},) for {name!r}; got shape "
+            f"{y.shape}, which looks one-hot: use 'categorical_crossentropy', or pass "
+            f"{argument}.argmax(-1)"
+        )
+    if y.ndim > 2:
+        raise ValueError(
+            f"{argument}: expected integer labels of shape ({n},) for {name!r}; got shape {y.shape}"
+        )
+    # Like Keras, float labels are fine when they hold whole class indices (0.0, 1.0, ...).
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise ValueError(
+            f"{argument}: expected integer labels for {name!r}; got dtype {y.dtype}. Cast with "
+            f"{argument}.astype(np.int32) if the values are whole class indices."
+        )
+    bad = np.flatnonzero((y < 0) | (y >= num_outputs))
+    if bad.size:
+        value = y.reshape(-1)[bad[0]]
+        raise ValueError(
+            f"{argument}: expected labels in [0, {num_outputs}) for {name!r} and a model with "
+            f"{num_outputs} outputs; got {int(value)} at index {int(bad[0])} "
+            f"({bad.size} label(s) out of range)"
+        )
+
+
+def _check_one_hot(y: np.ndarray, num_outputs: int, argument: str, name: str) -> None:
+    n = y.shape[0]
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and num_outputs > 1):
+        raise ValueError(
+            f"{argument}: expected one-hot or soft targets of shape ({n}, {num_outputs}) for "
+            f"{name!r}; got shape {y.shape} ({y.dtype}), which looks like integer labels: use "
+            f"'sparse_categorical_crossentropy'"
+        )
+    if y.shape != (n, num_outputs):
+        raise ValueError(
+            f"{argument}: expected shape ({n}, {num_outputs}) for {name!r}, to match the model's "
+            f"{num_outputs} outputs; got {y.shape}"
+        )
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError(
+            f"{argument}: expected probabilities in [0, 1] for {name!r}; got values in "
+            f"[{y.min()}, {y.max()}]"
+        )
+
+
+def _check_binary(y: np.ndarray, num_outputs: int, argument: str, name: str) -> None:
+    n = y.shape[0]
+    if num_outputs != 1:
+        raise ValueError(
+            f"num_outputs: expected a model with 1 output (a logit) for {name!r}; got "
+            f"{num_outputs}. For {num_outputs} classes use 'sparse_categorical_crossentropy'."
+        )
+    if y.size != n:
+        raise ValueError(
+            f"{argument}: expected one target per example for {name!r}, shape ({n},) or ({n}, 1); "
+            f"got {y.shape}"
+        )
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError(
+            f"{argument}: expected values in [0, 1] for {name!r}; got values in "
+            f"[{y.min()}, {y.max()}]"
+        )
+
+
+def _check_real(y: np.ndarray, num_outputs: int, argument: str, name: str) -> None:
+    n = y.shape[0]
+    per_example = y.size // n
+    if per_example != num_outputs:
+        raise ValueError(
+            f"{argument}: expected {num_outputs} value(s) per example for {name!r}, to match the "
+            f"model's outputs, shape ({n}, {num_outputs})"
+            + (f" or ({n},)" if num_outputs == 1 else "")
+            + f"; got shape {y.shape} ({per_example} per example)"
+        )
+
+
+# One check per `Loss.target_kind` (every kind in TARGET_KINDS has one).
+_TARGET_CHECKS: dict[str, Callable[[np.ndarray, int, str, str], None]] = {
+    "int_labels": _check_int_labels,
+    "one_hot": _check_one_hot,
+    "binary": _check_binary,
+    "real": _check_real,
+}

@@ -16,13 +16,15 @@ ignores what it does not need. A collection is a plain ``dict`` of metrics.
 
 Example::
 
+    from jaxnn import metrics as metrics_lib
+
     names = ("loss", "accuracy")
-    acc = metrics.empty_collection(names)
+    metrics = metrics_lib.empty_collection(names)
     for logits, labels, weights, per_example_loss in batches:   # inside jit in practice
-        batch = metrics.collection_from_model_output(
+        batch = metrics_lib.collection_from_model_output(
             names, outputs=logits, targets=labels, weights=weights, loss=per_example_loss)
-        acc = metrics.merge_collections(acc, batch)
-    print(metrics.compute_collection(acc))   # {"loss": ..., "accuracy": ...}
+        metrics = metrics_lib.merge_collections(metrics, batch)
+    print(metrics_lib.compute_collection(metrics))   # {"loss": ..., "accuracy": ...}
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ class Metric:
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
         """The per-example values, shape ``(B,)``."""
-        raise NotImplementedError(f"{cls.__name__} must define `values`.")
+        raise NotImplementedError(
+            f"{cls.__name__}.values: expected the subclass to define values(outputs, targets, "
+            "loss) -> per-example values of shape (B,); got Metric's, which has none"
+        )
 
     @classmethod
     def empty(cls) -> Metric:
@@ -128,8 +133,8 @@ class Metric:
         weights = jnp.asarray(weights, jnp.float32)
         if weights.size != values.shape[0]:
             raise ValueError(
-                f"`weights` for metric {cls.name!r} must have shape ({values.shape[0]},), one per "
-                f"example; got {weights.shape}."
+                f"weights: expected shape ({values.shape[0]},), one per example, for metric "
+                f"{cls.name!r}; got {weights.shape}"
             )
         weights = weights.reshape(values.shape)
         return cls(total=jnp.sum(values * weights), count=jnp.sum(weights))
@@ -146,8 +151,8 @@ class Metric:
         """
         if type(other) is not type(self):
             raise TypeError(
-                f"Cannot merge metric {type(self).__name__} with {type(other).__name__}; "
-                f"expected another {type(self).__name__}."
+                f"other: expected another {type(self).__name__} to merge with metric "
+                f"{type(self).__name__}; got {type(other).__name__}"
             )
         return type(self)(total=self.total + other.total, count=self.count + other.count)
 
@@ -169,14 +174,14 @@ def _labels(outputs: Array, targets: Array) -> Array:
     if targets.ndim == 2 and targets.shape[1] > 1:
         if targets.shape != outputs.shape:
             raise ValueError(
-                f"one-hot `targets` must have the shape of `outputs` {outputs.shape}; "
-                f"got {targets.shape}."
+                f"targets: expected one-hot targets of the shape of outputs {outputs.shape}; "
+                f"got {targets.shape}"
             )
         return jnp.argmax(targets, axis=-1)
     if targets.size != batch:
         raise ValueError(
-            f"`targets` must be integer labels of shape ({batch},) or one-hot of shape "
-            f"{outputs.shape}; got {targets.shape}."
+            f"targets: expected integer labels of shape ({batch},) or one-hot of shape "
+            f"{outputs.shape}; got {targets.shape}"
         )
     return targets.reshape(batch).astype(jnp.int32)
 
@@ -193,7 +198,9 @@ class Loss(Metric):
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
         if loss is None:
-            raise ValueError("metric 'loss' needs `loss`, the per-example loss of shape (B,).")
+            raise ValueError(
+                "loss: expected the per-example loss of shape (B,) for metric 'loss'; got None"
+            )
         return jnp.asarray(loss)
 
 
@@ -231,9 +238,9 @@ class BinaryAccuracy(Metric):
         batch = outputs.shape[0]
         if outputs.size != batch or targets.size != batch:
             raise ValueError(
-                f"metric 'binary_accuracy' expects one logit and one target per example, shape "
-                f"({batch},) or ({batch}, 1); got outputs {outputs.shape}, targets "
-                f"{targets.shape}."
+                f"outputs, targets: expected one logit and one target per example for metric "
+                f"'binary_accuracy', shape ({batch},) or ({batch}, 1); got outputs "
+                f"{outputs.shape}, targets {targets.shape}"
             )
         return (outputs.reshape(batch) > 0) == (targets.reshape(batch) > 0.5)
 
@@ -280,7 +287,7 @@ def top_k_accuracy(k: int) -> type[Metric]:
         'top3_accuracy'
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"`k` for top_k_accuracy must be an integer >= 1; got {k!r}.")
+        raise ValueError(f"k: expected an integer >= 1 for top_k_accuracy; got {k!r}")
     if k == TopKAccuracy.k:
         return TopKAccuracy
     cls = type(
@@ -363,7 +370,9 @@ def get(name: str) -> type[Metric]:
     match = _TOP_K.fullmatch(name) if isinstance(name, str) else None
     if match and int(match.group(1)) >= 1:
         return top_k_accuracy(int(match.group(1)))
-    raise ValueError(f"Unknown metric {name!r}; expected one of {names()} or 'top{{k}}_accuracy'.")
+    raise ValueError(
+        f"metrics: unknown name {name!r}; expected one of {names()} or 'top{{k}}_accuracy'"
+    )
 
 
 def empty_collection(names: Sequence[str]) -> dict[str, Metric]:
@@ -400,12 +409,12 @@ def merge_collections(a: Mapping[str, Metric], b: Mapping[str, Metric]) -> dict[
 
     Example::
 
-        acc = merge_collections(acc, batch)
+        metrics = merge_collections(metrics, batch)
     """
     if set(a) != set(b):
         raise ValueError(
-            f"Cannot merge metric collections with different names: expected the same names on "
-            f"both sides; got {sorted(a)} and {sorted(b)}."
+            f"a, b: expected metric collections with the same names; got {sorted(a)} and "
+            f"{sorted(b)}"
         )
     return {name: a[name].merge(b[name]) for name in a}
 

@@ -113,10 +113,9 @@ def pool(x: Array, kind: str | None, window: int = 2, *, train: bool = True) -> 
 def _window_max(x: Array) -> Array:
     """``x.max(axis=(2, 4))`` of windows ``(b, h, window, w, window, c)``, with JAX's gradient
     (split equally between tied maxima) computed from per-position slices: JAX's own gradient
-    counts the ties with a reduction that XLA CPU runs as a separate, slow pass (the benchmark
-    CNN's step: 62-69 -> 52-57 ms, ``python -m experiments.profile_step``). The same values and
-    gradients bit for bit on their own (tests/test_models.py); inside a whole train step XLA may
-    fuse, and so round, differently."""
+    counts the ties with a reduction that XLA CPU runs as a separate, slow pass (figures in
+    docs/design-notes.md). The same values and gradients bit for bit on their own
+    (tests/test_models.py); inside a whole train step XLA may fuse, and so round, differently."""
     return x.max(axis=(2, 4))
 
 

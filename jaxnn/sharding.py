@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxnn.utils import round_up
+
 __all__ = [
     "DATA_AXIS",
     "DistributedInitError",
@@ -92,8 +94,8 @@ def make_mesh(
         axes[free[0]] = len(devices) // fixed
     if math.prod(axes.values()) != len(devices):
         raise ValueError(
-            f"axes: the sizes {axes} multiply to {math.prod(axes.values())}, not to the "
-            f"{len(devices)} devices"
+            f"axes: expected sizes that multiply to the {len(devices)} devices; got {axes}, "
+            f"which multiply to {math.prod(axes.values())}"
         )
     grid = np.array(devices, dtype=object).reshape(tuple(axes.values()))
     return Mesh(grid, tuple(axes))
@@ -156,8 +158,7 @@ def put_global(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
 
 def padded_rows(n: int, mesh: Mesh) -> int:
     """``n`` rounded up to a multiple of the data-axis size (a global array's row count)."""
-    parts = data_size(mesh)
-    return -(-n // parts) * parts
+    return round_up(n, data_size(mesh))
 
 
 def process_rows(n: int, mesh: Mesh | None = None) -> slice:
@@ -216,9 +217,9 @@ def global_rows(local: np.ndarray, n: int, mesh: Mesh) -> jax.Array:
     expected = rows.stop - rows.start
     if len(local) != expected:
         raise ValueError(
-            f"x: process {jax.process_index()} of {jax.process_count()} holds rows "
-            f"{rows.start}:{rows.stop} of {n} (jaxnn.sharding.process_rows); expected "
-            f"{expected} rows, got {len(local)}"
+            f"x: expected {expected} rows, rows {rows.start}:{rows.stop} of {n} that process "
+            f"{jax.process_index()} of {jax.process_count()} holds "
+            f"(jaxnn.sharding.process_rows); got {len(local)}"
         )
     total = padded_rows(n, mesh)
     sharding = row_sharding(mesh)
@@ -276,6 +277,25 @@ def initialize_distributed(
         JAXNN_COORDINATOR_ADDRESS=127.0.0.1:12355 JAXNN_NUM_PROCESSES=2 JAXNN_PROCESS_ID=1 \\
             python -m experiments.fashion_mnist_mlp
     """
+    given = _settings_or_env(coordinator_address, num_processes, process_id)
+    if all(value in (None, "") for value in given.values()):
+        if os.environ.get("JAXNN_DISTRIBUTED", "") != "auto":
+            return False
+        jax.distributed.initialize(initialization_timeout=timeout_s)
+        return True
+    address, count, index = _checked_settings(given)
+    if index != 0:
+        # JAX aborts the whole process (no exception) when the coordinator never answers; probe it
+        # first so the error can say what to do.
+        _wait_for_coordinator(address, timeout_s, index, count)
+    _join(address, count, index, timeout_s)
+    return True
+
+
+def _settings_or_env(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> dict[str, Any]:
+    """The three settings, each taken from its ``JAXNN_*`` variable when not given."""
     given = {
         "coordinator_address": coordinator_address,
         "num_processes": num_processes,
@@ -284,16 +304,18 @@ def initialize_distributed(
     for key, variable in _ENV.items():
         if given[key] in (None, "") and os.environ.get(variable, ""):
             given[key] = os.environ[variable]
-    if all(value in (None, "") for value in given.values()):
-        if os.environ.get("JAXNN_DISTRIBUTED", "") != "auto":
-            return False
-        jax.distributed.initialize(initialization_timeout=timeout_s)
-        return True
+    return given
+
+
+def _checked_settings(given: Mapping[str, Any]) -> tuple[str, int, int]:
+    """``(address, num_processes, process_id)`` from the settings, or a ValueError naming the
+    one that is missing or malformed."""
     missing = [f"{k} (${_ENV[k]})" for k, v in given.items() if v in (None, "")]
     if missing:
         raise ValueError(
-            f"{', '.join(missing)}: a multi-process run needs the coordinator address, the "
-            f"number of processes and this process's id; got {given}"
+            f"{', '.join(missing)}: expected the coordinator address, the number of processes "
+            f"and this process's id for a multi-process run (arguments or environment "
+            f"variables); got {dict(given)}"
         )
     address = str(given["coordinator_address"])
     if not address.rpartition(":")[2].isdigit():
@@ -311,10 +333,11 @@ def initialize_distributed(
         raise ValueError(
             f"process_id: expected an integer in [0, {count}) for {count} processes; got {index}"
         )
-    if index != 0:
-        # JAX aborts the whole process (no exception) when the coordinator never answers; probe it
-        # first so the error can say what to do.
-        _wait_for_coordinator(address, timeout_s, index, count)
+    return address, count, index
+
+
+def _join(address: str, count: int, index: int, timeout_s: int) -> None:
+    """``jax.distributed.initialize``, its failure re-raised saying what to check."""
     # Collectives between CPU devices of different processes (GPU/TPU backends bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -332,7 +355,6 @@ def initialize_distributed(
             "running with the same address and number of processes, and that the port is "
             "reachable."
         ) from error
-    return True
 
 
 def _wait_for_coordinator(address: str, timeout_s: float, index: int, count: int) -> None:

@@ -8,9 +8,10 @@ have weight 0 and count nowhere (loss, metrics, BatchNorm statistics).
 Example (your own loop)::
 
     steps = make_steps(model, losses.get("sparse_categorical_crossentropy"), tx, ["accuracy"])
-    acc = steps.empty_train_metrics()
-    state, acc = steps.train(state, acc, x, y, idx[None], weight[None], 0, 1)
-    print(metrics.compute_collection(acc))
+    metrics = steps.empty_train_metrics()
+    state, metrics = steps.train(state, metrics, x, y, idx[None], weight[None], 0, 1)
+    check_finite(metrics, epoch=0)
+    print(jaxnn.metrics.compute_collection(metrics))  # loss, accuracy, grad_norm, ...
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ NONFINITE = "nonfinite_steps"
 FIRST_NONFINITE = "first_nonfinite_step"  # 1-based global step number, -1 while all are finite
 
 # XLA CPU hands dots, reductions and convolutions to YNNPACK by default; in jaxlib 0.10 its
-# convolutions run on one thread. Without them in the list, convolutions take XLA's own
-# multi-threaded kernels: on the 2-core AMD EPYC VM the benchmark CNN's step took 52-57 ms instead
-# of 71-77 ms (`python -m experiments.profile_step` vs `... --xla-defaults`).
+# convolutions run on one thread. Left out of the list, convolutions go to XLA's own
+# multi-threaded kernels, which are faster with two cores or more (figures in
+# docs/design-notes.md).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
     "LIBRARY_FUSION_TYPE_REDUCE"
@@ -94,11 +95,12 @@ def default_compiler_options(platform: str) -> dict[str, str]:
 
 
 def gather_rows(array: Array, idx: Array) -> Array:
-    """``array[idx]`` for in-bounds row indices, ~2.5x faster on XLA CPU than plain indexing.
+    """``array[idx]`` for in-bounds row indices, faster on XLA CPU than plain indexing.
 
     Rows are flattened so each gathered slice is one contiguous block, and ``mode="clip"`` skips
     the out-of-bounds masking that ``array[idx]`` adds (the indices come from a permutation, so
-    they are always in bounds). Shape: ``idx.shape + array.shape[1:]``.
+    they are always in bounds); figures in docs/design-notes.md. Shape: ``idx.shape +
+    array.shape[1:]``.
     """
     flat = array.reshape(array.shape[0], -1)
     return flat.at[idx].get(mode="clip").reshape(idx.shape + array.shape[1:])
@@ -109,14 +111,15 @@ class Steps:
     """The compiled step functions of one (model, loss, optimizer, metrics) combination.
 
     Attributes:
-      train: ``(state, acc, x, y, idx, weight, start, stop, *, k=1, masked=False) -> (state,
-        acc)``; ``idx`` and ``weight`` have shape ``(num_batches, batch)`` (an epoch's batches,
-        at least ``start + k`` of them) and the call runs batches ``start .. min(start + k,
-        stop) - 1``: one compiled ``k`` serves an epoch's last, shorter dispatch too (the steps
-        past ``stop`` are skipped, not run on padding). ``masked`` (static) must be True when a
-        batch holds padding and the model has BatchNorm; state and accumulator are donated.
-      evaluate: ``(variables, acc, x, y, idx, weight, start, *, k=1) -> acc`` with dropout off
-        and running BatchNorm statistics.
+      train: ``(state, metrics, x, y, idx, weight, start, stop, *, k=1, masked=False) ->
+        (state, metrics)``; ``idx`` and ``weight`` have shape ``(num_batches, batch)`` (an
+        epoch's batches, at least ``start + k`` of them) and the call runs batches ``start ..
+        min(start + k, stop) - 1``: one compiled ``k`` serves an epoch's last, shorter dispatch
+        too (the steps past ``stop`` are skipped, not run on padding). ``masked`` (static) must
+        be True when a batch holds padding and the model has BatchNorm; ``state`` and
+        ``metrics`` (the accumulator, from ``empty_train_metrics``) are donated.
+      evaluate: ``(variables, metrics, x, y, idx, weight, start, *, k=1) -> metrics`` with
+        dropout off and running BatchNorm statistics; ``metrics`` is donated.
       predict: ``(variables, x) -> outputs`` after the loss's output activation (probabilities
         for classifiers, values for regression).
       metric_names: the metrics accumulated besides ``loss``.
@@ -129,11 +132,11 @@ class Steps:
 
     def empty_train_metrics(self) -> dict[str, Any]:
         """An empty accumulator for ``train``: the metrics plus the global gradient norm."""
-        acc = metrics_lib.empty_collection(("loss", *self.metric_names))
-        acc["grad_norm"] = metrics_lib.get("loss").empty()
-        acc[NONFINITE] = jnp.zeros((), jnp.int32)
-        acc[FIRST_NONFINITE] = jnp.full((), -1, jnp.int32)
-        return acc
+        metrics = metrics_lib.empty_collection(("loss", *self.metric_names))
+        metrics["grad_norm"] = metrics_lib.get("loss").empty()
+        metrics[NONFINITE] = jnp.zeros((), jnp.int32)
+        metrics[FIRST_NONFINITE] = jnp.full((), -1, jnp.int32)
+        return metrics
 
     def empty_eval_metrics(self) -> dict[str, Any]:
         """An empty accumulator for ``evaluate``."""
@@ -166,41 +169,53 @@ def make_steps(
         ``compiler_options``), such as ``default_compiler_options("cpu")``; None: XLA's defaults.
     """
     names = ("loss", *tuple(metric_names))
-    # The "grad_norm" entry reuses the mean-loss metric: a running mean of one value per step.
-    mean_metric = metrics_lib.get("loss")
+    gather = functools.partial(_gather, mesh=mesh)
+    train_step = _train_step_fn(model, loss, tx, names, augment, gather)
+    eval_batch = _eval_batch_fn(model, loss, names, gather)
+    # With a mesh, outputs are pinned replicated so every process can read them.
+    out = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
+    out["compiler_options"] = dict(compiler_options) if compiler_options else None
+    return Steps(
+        train=jax.jit(
+            _train_fn(train_step), donate_argnums=(0, 1), static_argnames=("k", "masked"), **out
+        ),
+        evaluate=jax.jit(
+            _evaluate_fn(eval_batch), donate_argnums=(1,), static_argnames=("k",), **out
+        ),
+        predict=jax.jit(_predict_fn(model, loss), **out),
+        metric_names=tuple(metric_names),
+    )
 
-    def gather(x_all, y_all, idx):
-        x, y = gather_rows(x_all, idx), gather_rows(y_all, idx)
-        if mesh is not None:  # each device computes on its part of the batch
-            x = jax.lax.with_sharding_constraint(x, sharding.row_sharding(mesh))
-            y = jax.lax.with_sharding_constraint(y, sharding.row_sharding(mesh))
-        return x, y
 
-    def train_step(state: TrainState, acc, x_all, y_all, idx, weight, masked):
+def _gather(
+    x_all: Array, y_all: Array, idx: Array, *, mesh: jax.sharding.Mesh | None
+) -> tuple[Array, Array]:
+    """A batch's rows of ``x`` and ``y``; with a mesh, split over its ``data`` axis."""
+    x, y = gather_rows(x_all, idx), gather_rows(y_all, idx)
+    if mesh is not None:  # each device computes on its part of the batch
+        x = jax.lax.with_sharding_constraint(x, sharding.row_sharding(mesh))
+        y = jax.lax.with_sharding_constraint(y, sharding.row_sharding(mesh))
+    return x, y
+
+
+def _train_step_fn(
+    model: nn.Module,
+    loss: Loss,
+    tx: optax.GradientTransformation,
+    names: tuple[str, ...],
+    augment: Augment | None,
+    gather: Callable[[Array, Array, Array], tuple[Array, Array]],
+) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+    """One optimizer step on one batch: ``(state, metrics, x_all, y_all, idx, weight, masked)
+    -> (state, metrics)``, the batch's metrics merged into ``metrics``."""
+
+    def train_step(state: TrainState, metrics, x_all, y_all, idx, weight, masked):
         x, y = gather(x_all, y_all, idx)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         dropout_key = jax.random.fold_in(step_key, 0)
         if augment is not None:
             x = augment(jax.random.fold_in(step_key, 1), x)
-        has_bn = bool(state.batch_stats)
-
-        def loss_fn(params):
-            variables = {"params": params}
-            if has_bn:
-                variables["batch_stats"] = state.batch_stats
-            outputs, updates = model.apply(
-                variables,
-                x,
-                train=True,
-                # A mask only where padding can be: masked BatchNorm statistics cost ~9 % of a
-                # CNN step on XLA CPU, so full batches skip it.
-                mask=weight if masked else None,
-                rngs={"dropout": dropout_key},
-                mutable=["batch_stats"] if has_bn else [],
-            )
-            per_example = loss.per_example(outputs, y)
-            return weighted_mean(per_example, weight), (outputs, per_example, updates)
-
+        loss_fn = _loss_fn(model, loss, state.batch_stats, x, y, weight, masked, dropout_key)
         (loss_value, (outputs, per_example, updates)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.params)
@@ -208,34 +223,77 @@ def make_steps(
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, param_updates),
-            batch_stats=updates["batch_stats"] if has_bn else state.batch_stats,
+            batch_stats=updates["batch_stats"] if state.batch_stats else state.batch_stats,
             opt_state=opt_state,
         )
         batch_metrics = metrics_lib.collection_from_model_output(
             names, outputs=outputs, targets=y, weights=weight, loss=per_example
         )
-        batch_metrics["grad_norm"] = mean_metric.from_model_output(
-            outputs=None,
-            targets=None,
-            weights=jnp.ones((1,), jnp.float32),
-            loss=optax.tree.norm(grads)[None],
-        )
-        merged = metrics_lib.merge_collections(
-            {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}, batch_metrics
-        )
-        # Counts the steps whose loss was NaN/Inf, so the host can stop a diverged run at the next
-        # fetch without a device-to-host sync per step.
-        bad = ~jnp.isfinite(loss_value)
-        merged[NONFINITE] = acc[NONFINITE] + bad.astype(jnp.int32)
-        first = acc[FIRST_NONFINITE]
-        merged[FIRST_NONFINITE] = jnp.where((first < 0) & bad, state.step + 1, first)
+        merged = _merge_train_metrics(metrics, batch_metrics, grads, loss_value, state.step)
         return new_state, merged
 
-    def train(state, acc, x_all, y_all, idx, weight, start, stop, k=1, masked=False):
+    return train_step
+
+
+def _loss_fn(model, loss, batch_stats, x, y, weight, masked, dropout_key) -> Callable[..., Any]:
+    """``params -> (mean loss, (outputs, per-example loss, BatchNorm updates))`` for one batch."""
+    has_bn = bool(batch_stats)
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if has_bn:
+            variables["batch_stats"] = batch_stats
+        outputs, updates = model.apply(
+            variables,
+            x,
+            train=True,
+            # A mask only where padding can be: masked BatchNorm statistics cost a noticeable share
+            # of a CNN step on XLA CPU (docs/design-notes.md), so full batches skip it.
+            mask=weight if masked else None,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"] if has_bn else [],
+        )
+        per_example = loss.per_example(outputs, y)
+        return weighted_mean(per_example, weight), (outputs, per_example, updates)
+
+    return loss_fn
+
+
+def _merge_train_metrics(
+    metrics: dict[str, Any],
+    batch_metrics: dict[str, Any],
+    grads: Any,
+    loss_value: Array,
+    step: Array,
+) -> dict[str, Any]:
+    """The train accumulator after one more step: its metrics merged with the batch's and the
+    gradient norm, and the NaN/Inf counters updated from ``loss_value``."""
+    # The "grad_norm" entry reuses the mean-loss metric: a running mean of one value per step.
+    batch_metrics["grad_norm"] = metrics_lib.get("loss").from_model_output(
+        outputs=None,
+        targets=None,
+        weights=jnp.ones((1,), jnp.float32),
+        loss=optax.tree.norm(grads)[None],
+    )
+    merged = metrics_lib.merge_collections(_without_counters(metrics), batch_metrics)
+    # Counts the steps whose loss was NaN/Inf, so the host can stop a diverged run at the next
+    # fetch without a device-to-host sync per step.
+    bad = ~jnp.isfinite(loss_value)
+    merged[NONFINITE] = metrics[NONFINITE] + bad.astype(jnp.int32)
+    first = metrics[FIRST_NONFINITE]
+    merged[FIRST_NONFINITE] = jnp.where((first < 0) & bad, step + 1, first)
+    return merged
+
+
+def _train_fn(train_step: Callable[..., Any]) -> Callable[..., Any]:
+    """The jitted ``train`` of :class:`Steps`: ``k`` steps from batch ``start``, none past
+    ``stop``."""
+
+    def train(state, metrics, x_all, y_all, idx, weight, start, stop, k=1, masked=False):
         idx = jax.lax.dynamic_slice_in_dim(idx, start, k)
         weight = jax.lax.dynamic_slice_in_dim(weight, start, k)
         if k == 1:  # a plain step: no while loop for XLA to schedule around
-            return train_step(state, acc, x_all, y_all, idx[0], weight[0], masked)
+            return train_step(state, metrics, x_all, y_all, idx[0], weight[0], masked)
 
         def body(carry, batch):
             i, batch_idx, batch_weight = batch
@@ -246,58 +304,78 @@ def make_steps(
                 carry,
             ), None
 
-        return jax.lax.scan(body, (state, acc), (jnp.arange(k), idx, weight))[0]
+        return jax.lax.scan(body, (state, metrics), (jnp.arange(k), idx, weight))[0]
 
-    def eval_batch(variables, acc, x_all, y_all, idx, weight):
+    return train
+
+
+def _eval_batch_fn(
+    model: nn.Module,
+    loss: Loss,
+    names: tuple[str, ...],
+    gather: Callable[[Array, Array, Array], tuple[Array, Array]],
+) -> Callable[..., dict[str, Any]]:
+    """``(variables, metrics, x_all, y_all, idx, weight) -> metrics`` with one more batch merged
+    in; dropout off and running BatchNorm statistics."""
+
+    def eval_batch(variables, metrics, x_all, y_all, idx, weight):
         x, y = gather(x_all, y_all, idx)
         outputs = model.apply(variables, x, train=False)
         per_example = loss.per_example(outputs, y)
         batch_metrics = metrics_lib.collection_from_model_output(
             names, outputs=outputs, targets=y, weights=weight, loss=per_example
         )
-        return metrics_lib.merge_collections(acc, batch_metrics)
+        return metrics_lib.merge_collections(metrics, batch_metrics)
 
-    def evaluate(variables, acc, x_all, y_all, idx, weight, start, k=1):
+    return eval_batch
+
+
+def _evaluate_fn(eval_batch: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The jitted ``evaluate`` of :class:`Steps`: ``k`` batches from batch ``start``."""
+
+    def evaluate(variables, metrics, x_all, y_all, idx, weight, start, k=1):
         idx = jax.lax.dynamic_slice_in_dim(idx, start, k)
         weight = jax.lax.dynamic_slice_in_dim(weight, start, k)
         if k == 1:
-            return eval_batch(variables, acc, x_all, y_all, idx[0], weight[0])
+            return eval_batch(variables, metrics, x_all, y_all, idx[0], weight[0])
 
-        def body(acc, batch):
-            return eval_batch(variables, acc, x_all, y_all, *batch), None
+        def body(metrics, batch):
+            return eval_batch(variables, metrics, x_all, y_all, *batch), None
 
-        return jax.lax.scan(body, acc, (idx, weight))[0]
+        return jax.lax.scan(body, metrics, (idx, weight))[0]
+
+    return evaluate
+
+
+def _predict_fn(model: nn.Module, loss: Loss) -> Callable[[Any, Array], Array]:
+    """The jitted ``predict`` of :class:`Steps`: outputs after the loss's output activation."""
 
     def predict(variables, x):
         return loss.output_activation(model.apply(variables, x, train=False))
 
-    # With a mesh, outputs are pinned replicated so every process can read them.
-    out = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
-    out["compiler_options"] = dict(compiler_options) if compiler_options else None
-    return Steps(
-        train=jax.jit(train, donate_argnums=(0, 1), static_argnames=("k", "masked"), **out),
-        evaluate=jax.jit(evaluate, donate_argnums=(1,), static_argnames=("k",), **out),
-        predict=jax.jit(predict, **out),
-        metric_names=tuple(metric_names),
-    )
+    return predict
 
 
-def split_train_metrics(acc: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+def _without_counters(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A train accumulator without its NaN/Inf step counters: the mergeable metrics."""
+    return {k: v for k, v in metrics.items() if k not in (NONFINITE, FIRST_NONFINITE)}
+
+
+def split_train_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     """Splits a train accumulator into (metrics, NaN/Inf step count, first such step or -1)."""
-    metrics = {k: v for k, v in acc.items() if k not in (NONFINITE, FIRST_NONFINITE)}
-    return metrics, int(acc[NONFINITE]), int(acc[FIRST_NONFINITE])
+    return _without_counters(metrics), int(metrics[NONFINITE]), int(metrics[FIRST_NONFINITE])
 
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or Inf."""
 
 
-def check_finite(acc: dict[str, Any], epoch: int) -> None:
+def check_finite(metrics: dict[str, Any], epoch: int) -> None:
     """Raises ``TrainingDivergedError`` naming the epoch and step of the first NaN/Inf loss.
 
     Called before anything is logged or checkpointed, so no broken state is ever saved.
     """
-    _, count, first = split_train_metrics(acc)
+    _, count, first = split_train_metrics(metrics)
     if count:
         raise TrainingDivergedError(
             f"Training diverged in epoch {epoch + 1} at global step {first}: the loss was NaN or "

@@ -166,7 +166,7 @@ def test_mesh_axes_and_rows_on_one_device():
     rows = sharding.global_rows(np.arange(5.0), 5, mesh)
     np.testing.assert_array_equal(rows, np.arange(5.0))
     with pytest.raises(
-        ValueError, match=r"x: process 0 of 1 holds rows 0:5 of 5 .*expected 5 rows, got 4"
+        ValueError, match=r"^x: expected 5 rows, rows 0:5 of 5 that process 0 of 1 holds .*; got 4$"
     ):
         sharding.global_rows(np.arange(4.0), 5, mesh)
 
