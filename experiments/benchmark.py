@@ -41,7 +41,7 @@ What is measured (and how):
 ``flax``, ``torch`` and ``keras``; jaxnn's variants (``jaxnn_bf16``, ``jaxnn_warm_cache``) get the
 same two ratios against every peer in ``variant_ratios[workload][variant][peer]``.
 ``--warm-cache`` adds ``jaxnn_warm_cache``: jaxnn with JAX's persistent compilation cache on, as
-every ``python -m experiments.<name>`` run has it (``jaxnn.run.enable_compilation_cache``), in a
+every ``python -m experiments.<name>`` run has it (``jaxnn.cli.enable_compilation_cache``), in a
 cache that a 2-epoch run of the same workload filled first, so its start-up is a re-run's. The
 ``jaxnn`` row is a first run (no cache), as ``Trainer.fit`` in a user's own script gives.
 ``--sweep-dispatch`` trains jaxnn with ``steps_per_dispatch`` 1, 8 and 32 in one process, epochs
@@ -627,7 +627,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if framework == "jaxnn_bf16":
         return run_jaxnn(workload, data, log, dtype="bfloat16")
     if framework == "jaxnn_warm_cache":
-        from jaxnn.run import enable_compilation_cache
+        from jaxnn.cli import enable_compilation_cache
 
         enable_compilation_cache(spec["cache_dir"])
         if spec.get("fill_cache"):  # the same model, steps and evaluation, for 2 epochs

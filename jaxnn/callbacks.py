@@ -16,16 +16,18 @@ import math
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from jaxnn import checkpoint as checkpoint_lib
 from jaxnn import metrics as metrics_lib
 from jaxnn import optim, sharding
 from jaxnn.loop import TrainLoop
 from jaxnn.step import check_finite, split_train_metrics
+
+if TYPE_CHECKING:  # orbax is slow to import: jaxnn.checkpoint loads when a run checkpoints
+    from jaxnn import checkpoint as checkpoint_lib
 
 __all__ = [
     "CSVLogger",
@@ -436,7 +438,9 @@ class Checkpoint(Callback):
         """The newest readable checkpoint (``jaxnn.checkpoint.restore_training``, into the
         structure of ``state`` and ``metrics``), with the stateful callbacks' states put back;
         None when there is none. Hand it to ``Trainer.restore``."""
-        snapshot = checkpoint_lib.restore_training(self.checkpointer, state, metrics)
+        from jaxnn.checkpoint import restore_training
+
+        snapshot = restore_training(self.checkpointer, state, metrics)
         if snapshot is not None:
             for name, callback_state in snapshot.callbacks.items():
                 if name in self.stateful:
@@ -445,9 +449,11 @@ class Checkpoint(Callback):
 
     def save(self, loop: TrainLoop, logs: dict[str, float] | None = None) -> None:
         """Saves the loop now (mid-epoch metrics checked for NaN/Inf first)."""
+        from jaxnn.checkpoint import save_training
+
         if loop.position:
             check_finite(loop.metrics, loop.epoch)  # never checkpoint a diverged state
-        checkpoint_lib.save_training(self.checkpointer, loop, self.stateful, metrics=logs)
+        save_training(self.checkpointer, loop, self.stateful, metrics=logs)
         self._last_saved_step = loop.global_step
 
     def _stop_if_requested(self) -> None:

@@ -285,3 +285,36 @@ def test_an_experiment_runs_in_two_processes_like_in_one(tmp_path):
     assert len(rows) == 3  # a header and one row per epoch, written once
     steps = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert steps == [5, 10]  # 72 training examples (8 validate) in 5 batches of 16, 2 epochs
+
+
+EARLY_STOPPING_ON_8_DEVICES = """
+import jax, numpy as np, jaxnn
+from jaxnn import sharding
+x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int32)
+trainer = jaxnn.Trainer(jaxnn.MLP(features=(8,), num_outputs=2, batch_norm=True))
+# Nothing beats the first epoch by 1e9: epoch 2 stops the run and restores epoch 1's weights.
+stopper = jaxnn.EarlyStopping(
+    "loss", mode="min", min_delta=1e9, patience=1, restore_best_weights=True
+)
+trainer.fit(x, y, epochs=5, batch_size=16, callbacks=[stopper], verbose=0)
+assert stopper.stopped_epoch == 1, stopper.stopped_epoch
+replicated = sharding.replicated(trainer.mesh)
+leaves = jax.tree.leaves((trainer.state.params, trainer.state.batch_stats))
+print(len(jax.devices()), sum(leaf.sharding.is_equivalent_to(replicated, leaf.ndim) for leaf in leaves), len(leaves))
+"""
+
+
+def test_early_stopping_restores_the_best_weights_replicated_over_8_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-c", EARLY_STOPPING_ON_8_DEVICES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    devices, replicated, leaves = map(int, result.stdout.split())
+    assert devices == 8 and leaves > 0 and replicated == leaves
