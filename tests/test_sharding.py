@@ -301,7 +301,8 @@ trainer.fit(x, y, epochs=5, batch_size=16, callbacks=[stopper], verbose=0)
 assert stopper.stopped_epoch == 1, stopper.stopped_epoch
 replicated = sharding.replicated(trainer.mesh)
 leaves = jax.tree.leaves((trainer.state.params, trainer.state.batch_stats))
-print(len(jax.devices()), sum(leaf.sharding.is_equivalent_to(replicated, leaf.ndim) for leaf in leaves), len(leaves))
+same = sum(leaf.sharding.is_equivalent_to(replicated, leaf.ndim) for leaf in leaves)
+print(len(jax.devices()), same, len(leaves))
 """
 
 
