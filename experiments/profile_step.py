@@ -67,14 +67,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from jax.profiler import ProfileData
 
     import jaxnn
-    from experiments.benchmark import BATCH_SIZE, LEARNING_RATE, _jaxnn_model
+    from experiments.benchmark.common import BATCH_SIZE, LEARNING_RATE
+    from experiments.benchmark.jaxnn_peer import jaxnn_model
 
     n = args.steps * BATCH_SIZE
     rng = np.random.default_rng(0)
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
     trainer = jaxnn.Trainer(
-        _jaxnn_model(args.workload),
+        jaxnn_model(args.workload),
         optimizer=optax.adam(LEARNING_RATE),
         seed=0,
         compiler_options={} if args.xla_defaults else None,
