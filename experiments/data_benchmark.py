@@ -14,13 +14,13 @@ Targets: batching ≥ 10× the MLP's training throughput; batching + augmentatio
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-BATCH = 128
+from experiments.benchmark.common import BATCH_SIZE, LEARNING_RATE, median_call_seconds
+
 PER_DISPATCH = 32
 AUGMENT = {
     "hflip": True,
@@ -31,23 +31,13 @@ AUGMENT = {
 }
 
 
-def _epoch_rate(run_epoch, n: int, repeats: int = 3) -> float:
-    run_epoch()  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_epoch()
-        times.append(time.perf_counter() - start)
-    return n / float(np.median(times))
-
-
 def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
     """Examples/s of permuting and gathering (and augmenting) one epoch on device."""
     from jaxnn.data import augment
     from jaxnn.step import gather_rows
 
     n = x.shape[0]
-    steps = n // BATCH
+    steps = n // BATCH_SIZE
     per_dispatch = min(PER_DISPATCH, steps)
 
     @jax.jit
@@ -66,15 +56,15 @@ def pipeline_rates(x: jax.Array, augment_options: dict | None) -> float:
         counter[0] += 1
         key = jax.random.key(counter[0])
         # As the Trainer does: a host permutation per epoch, copied to the device once.
-        order = np.random.default_rng(counter[0]).permutation(n)[: steps * BATCH]
-        order = jax.device_put(order.reshape(steps, BATCH).astype(np.int32))
+        order = np.random.default_rng(counter[0]).permutation(n)[: steps * BATCH_SIZE]
+        order = jax.device_put(order.reshape(steps, BATCH_SIZE).astype(np.int32))
         total = 0.0
         for start in range(0, steps - per_dispatch + 1, per_dispatch):
             total = total + chunk(key, x, order[start : start + per_dispatch])
         jax.block_until_ready(total)
 
-    used = (steps // per_dispatch) * per_dispatch * BATCH
-    return _epoch_rate(run_epoch, used)
+    used = (steps // per_dispatch) * per_dispatch * BATCH_SIZE
+    return used / median_call_seconds(run_epoch)  # after a warm-up epoch that compiles
 
 
 def training_rate(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -83,13 +73,14 @@ def training_rate(model, x: np.ndarray, y: np.ndarray) -> float:
 
     from jaxnn import Trainer
 
-    trainer = Trainer(model, optimizer=optax.adam(1e-3), seed=0)
-    history = trainer.fit(x, y, epochs=2, batch_size=BATCH, verbose=0)
+    trainer = Trainer(model, optimizer=optax.adam(LEARNING_RATE), seed=0)
+    history = trainer.fit(x, y, epochs=2, batch_size=BATCH_SIZE, verbose=0)
     return len(x) / history["train_time_s"][-1]
 
 
 def main() -> None:
-    from jaxnn import CNN, MLP
+    """Measures and prints the four throughputs and the two ratios against their targets."""
+    from experiments.benchmark.jaxnn_peer import jaxnn_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=60000)
@@ -101,12 +92,8 @@ def main() -> None:
     x_device = jnp.asarray(x)
     batching = pipeline_rates(x_device, None)
     augmented = pipeline_rates(x_device, AUGMENT)
-    mlp = training_rate(MLP(features=(128, 128), dropout_rate=0.2), x, y)
-    cnn = training_rate(
-        CNN(filters=(32, 64), dense=(128,), dropout_rate=0.4),
-        x[: args.cnn_examples],
-        y[: args.cnn_examples],
-    )
+    mlp = training_rate(jaxnn_model("mlp"), x, y)
+    cnn = training_rate(jaxnn_model("cnn"), x[: args.cnn_examples], y[: args.cnn_examples])
     print(f"devices: {jax.devices()}")
     print(f"batching:                {batching:12,.0f} examples/s")
     print(f"batching + augmentation: {augmented:12,.0f} examples/s")

@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from experiments.benchmark.common import BATCH_SIZE, LEARNING_RATE
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,30 +54,32 @@ def _op_descriptions(dump_dir: Path) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = _parse_args(argv)
-    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="jaxnn_profile_"))
-    dump_dir, trace_dir = out_dir / "hlo", out_dir / "trace"
+def _set_xla_flags(dump_dir: Path) -> None:
+    """Turns on XLA CPU's per-op trace events and the optimised-HLO dump (before jax loads)."""
     if "jax" in sys.modules:
         raise RuntimeError("profile_step sets XLA_FLAGS, so it must run before jax is imported")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
         f" --xla_dump_to={dump_dir} --xla_dump_hlo_pass_re=^$"
     )
+
+
+def _train_and_trace(args: argparse.Namespace, trace_dir: Path) -> tuple[Any, float, float]:
+    """One fit of three epochs, the third traced; returns the trainer, that epoch's train seconds
+    and the cores it kept busy."""
     import jax
     import numpy as np
     import optax
-    from jax.profiler import ProfileData
 
     import jaxnn
-    from experiments.benchmark import BATCH_SIZE, LEARNING_RATE, _jaxnn_model
+    from experiments.benchmark.jaxnn_peer import jaxnn_model
 
     n = args.steps * BATCH_SIZE
     rng = np.random.default_rng(0)
     x = rng.random((n, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
     trainer = jaxnn.Trainer(
-        _jaxnn_model(args.workload),
+        jaxnn_model(args.workload),
         optimizer=optax.adam(LEARNING_RATE),
         seed=0,
         compiler_options={} if args.xla_defaults else None,
@@ -96,7 +101,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     tracer = TraceLastEpoch()
     history = trainer.fit(x, y, epochs=3, batch_size=BATCH_SIZE, callbacks=[tracer], verbose=0)
-    cores = tracer.cores
+    return trainer, history["train_time_s"][2], tracer.cores
+
+
+def _per_op_ms(trace_dir: Path, steps: int) -> collections.Counter[str]:
+    """Milliseconds per step of each op that XLA's worker threads ran in the trace."""
+    from jax.profiler import ProfileData
 
     per_op: collections.Counter[str] = collections.Counter()
     (trace_file,) = sorted(trace_dir.rglob("*.xplane.pb"))[-1:]
@@ -106,8 +116,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 continue  # XLA's worker threads run the compiled ops
             for event in line.events:
                 if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
-                    per_op[event.name] += event.duration_ns / 1e6 / args.steps
-    step_ms = history["train_time_s"][2] * 1e3 / args.steps
+                    per_op[event.name] += event.duration_ns / 1e6 / steps
+    return per_op
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Trains, traces and prints the profile; returns ms per step, cores busy and traced ms."""
+    args = _parse_args(argv)
+    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="jaxnn_profile_"))
+    dump_dir, trace_dir = out_dir / "hlo", out_dir / "trace"
+    _set_xla_flags(dump_dir)
+    trainer, train_seconds, cores = _train_and_trace(args, trace_dir)
+    per_op = _per_op_ms(trace_dir, args.steps)
+    step_ms = train_seconds * 1e3 / args.steps
     traced = sum(per_op.values())
     names = _op_descriptions(dump_dir)
     print(f"{args.workload}, {'XLA default' if args.xla_defaults else 'jaxnn'} compiler options "

@@ -3,18 +3,20 @@
 No timing is asserted: the figures depend on the machine and its load.
 """
 
-import gzip
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from experiments import benchmark
+from experiments.benchmark import common
+from experiments.benchmark import data as bench_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUMERIC_FIELDS = ("train_examples_per_s", "eval_examples_per_s", "compile_s", "peak_rss_mb")
@@ -121,12 +123,150 @@ def test_epoch_log_reports_none_when_the_target_is_never_reached():
     assert log.time_to_accuracy is None and log.epochs_to_accuracy is None
 
 
-def test_read_idx_parses_the_mnist_file_format(tmp_path):
-    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    header = bytes([0, 0, 0x08, 3]) + np.array([2, 3, 4], ">i4").tobytes()
-    path = tmp_path / "images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(header + images.tobytes()))
-    np.testing.assert_array_equal(benchmark._read_idx(path), images)
+class FakeClock:
+    """A perf_counter that moves only when told to."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakePeer(benchmark.Peer):
+    """Setup takes 5 s, the first epoch 6 s (compilation), later ones 2 s, a test pass 1 s."""
+
+    def __init__(self, clock: FakeClock, accuracies: list[float]):
+        super().__init__("mlp", {"x_train": np.zeros((600, 1)), "x_test": np.zeros((100, 1))})
+        self.clock, self.accuracies = clock, accuracies
+        self.epochs = self.test_passes = 0
+
+    def build(self):
+        self.clock.advance(5.0)
+
+    def train_epoch(self):
+        self.clock.advance(6.0 if self.epochs == 0 else 2.0)
+        self.epochs += 1
+
+    def test_accuracy(self):
+        self.clock.advance(1.0)
+        self.test_passes += 1
+        return self.accuracies[self.epochs - 1]
+
+
+@pytest.mark.parametrize(
+    "accuracies, epochs, time_to_accuracy, epochs_to_accuracy",
+    [
+        ([0.5, 0.7, 0.881, 0.9, 0.9], 3, 5.0 + 6.0 + 2.0 + 2.0, 3),  # test passes excluded
+        ([0.9, 0.95, 0.95, 0.95], 3, 5.0 + 6.0, 1),  # reached at once: still warm-up + 2 timed
+        ([0.5] * 4, 4, None, None),  # never reached: every epoch of log.num_epochs
+    ],
+)
+def test_measure_times_setup_epochs_and_evaluation_on_one_clock(
+    monkeypatch, accuracies, epochs, time_to_accuracy, epochs_to_accuracy
+):
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", clock)
+    peer = FakePeer(clock, accuracies)
+    result = benchmark.measure(peer, benchmark.EpochLog("mlp", True, num_epochs=4))
+    assert peer.epochs == epochs
+    assert result["epoch_train_times_s"] == [6.0] + [2.0] * (epochs - 1)
+    assert result["test_accuracy_per_epoch"] == accuracies[:epochs]
+    assert result["time_to_accuracy_s"] == time_to_accuracy
+    assert result["epochs_to_accuracy"] == epochs_to_accuracy
+    assert result["train_examples_per_s"] == 600 / 2.0
+    assert result["compile_s"] == 6.0 - 2.0
+    assert result["eval_examples_per_s"] == 100 / 1.0  # median of 3 passes after a warm-up
+    assert peer.test_passes == epochs + 4
+
+
+def test_measure_without_accuracy_trains_the_epochs_and_never_evaluates_between_them(
+    monkeypatch,
+):
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", clock)
+    peer = FakePeer(clock, [0.5, 0.5])
+    result = benchmark.measure(peer, benchmark.EpochLog("cnn", False, num_epochs=2))
+    assert result["epoch_train_times_s"] == [6.0, 2.0]
+    assert result["test_accuracy_per_epoch"] is None and result["time_to_accuracy_s"] is None
+    assert peer.test_passes == 4  # the timed evaluation only: a warm-up and 3 passes
+
+
+def test_jaxnn_callback_excludes_fits_validation_time_and_stops_by_the_shared_rule(monkeypatch):
+    from experiments.benchmark import jaxnn_peer
+
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", clock)
+    monkeypatch.setattr(jaxnn_peer, "time", clock)
+    log = benchmark.EpochLog("mlp", True, num_epochs=15)
+    log.start()
+    callback = jaxnn_peer._RecordEpochs(log)
+    trainer = types.SimpleNamespace(stop_training=False)
+    # (seconds since the last epoch ended, train_time_s, epoch_time_s, val_accuracy)
+    for step, train, epoch, accuracy in [(10, 8, 9, 0.5), (3, 2, 3, 0.9), (3, 2, 3, 0.85)]:
+        clock.advance(step)
+        logs = {"train_time_s": train, "epoch_time_s": epoch, "val_accuracy": accuracy}
+        callback.on_epoch_end(trainer, len(log.train_times), logs)
+    assert log.train_times == [8, 2, 2]
+    assert log.time_to_accuracy == 13.0 - 2.0  # 13 s elapsed, 1 + 1 s of them validation
+    assert log.epochs_to_accuracy == 2
+    assert trainer.stop_training  # the target was reached, and warm-up + 2 epochs ran
+
+
+def test_workers_data_round_trips_into_aligned_memory(tmp_path):
+    arrays = {
+        "x_train": np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32),
+        "y_train": np.arange(5, dtype=np.int32),
+    }
+    bench_data.save_arrays(arrays, tmp_path)
+    read = bench_data.read_arrays(tmp_path)
+    assert set(read) == set(arrays)
+    for name, array in read.items():
+        np.testing.assert_array_equal(array, arrays[name])
+        assert array.dtype == arrays[name].dtype and array.ctypes.data % 64 == 0, name
+
+
+def test_fashion_mnist_fallback_is_what_jaxnn_data_sources_reads(tmp_path, monkeypatch):
+    from tiny_data import write_idx
+
+    from jaxnn import data as jaxnn_data
+    from jaxnn.data import sources
+
+    folder = write_idx(tmp_path / "fashion_mnist", n_train=30, n_test=10)
+    monkeypatch.setenv("JAXNN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JAXNN_NO_SYSTEM_DATA", "1")
+
+    def unavailable(*args, **kwargs):
+        raise OSError("tfds: cannot prepare")
+
+    monkeypatch.setattr(jaxnn_data, "load", unavailable)
+    raw, source = bench_data.read_fashion_mnist()
+    assert source == f"fashion_mnist ({folder} IDX files)"
+    arrays = bench_data.as_benchmark_arrays(raw)
+    for split in ("train", "test"):
+        images, labels = sources.read_idx_pair(folder, "fashion_mnist", split)
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        assert x.dtype == np.float32 and x.shape == (len(labels), 28, 28, 1)
+        np.testing.assert_array_equal(x, images.astype(np.float32) / np.float32(255))
+        assert y.dtype == np.int32
+        np.testing.assert_array_equal(y, labels)
+
+
+def test_the_package_and_the_workers_data_path_import_neither_jax_nor_jaxnn():
+    # A torch or Keras worker reports its own peak RSS: jax would add hundreds of MB.
+    code = (
+        "import sys; import experiments.benchmark, experiments.benchmark.worker; "
+        "from experiments.benchmark import data; "
+        "print(sorted(m for m in ('jax', 'jaxnn', 'flax', 'optax') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_data_benchmark_reports_pipeline_and_training_throughput():

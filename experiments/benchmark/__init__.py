@@ -1,0 +1,101 @@
+"""Speed benchmark: jaxnn's Trainer against hand-written Flax, PyTorch and Keras 3 (JAX backend).
+
+    python -m experiments.benchmark                       # full: Fashion-MNIST, every framework
+    python -m experiments.benchmark --quick --out /tmp/benchmark.json --frameworks jaxnn,flax
+    python -m experiments.benchmark --sweep-dispatch --bf16
+
+Two workloads on 28x28x1 inputs, 60,000 training examples, Adam 1e-3, batch 128:
+
+* ``mlp``: Flatten-Dense128-ReLU-Dropout0.2-Dense128-ReLU-Dropout0.2-Dense10;
+* ``cnn``: Conv32(3x3 same)-BN-ReLU-MaxPool2-Conv64(3x3 same)-BN-ReLU-MaxPool2-Flatten-Dropout0.4-
+  Dense128-ReLU-Dense10.
+
+Frameworks: ``jaxnn`` (``Trainer.fit`` as a user calls it, default settings), ``flax`` (a Linen +
+Optax loop in the style of the Flax ``examples/mnist``: TrainState, one ``@jax.jit`` step per batch,
+host-side numpy batching of a per-epoch permutation, ``nn.max_pool``), ``torch`` (eager, 2 threads,
+tensor-indexing loop) and ``keras`` (Keras 3 ``model.fit`` on the JAX backend); ``torch`` and
+``keras`` run when importable (``pip install -e '.[bench]'``). ``--bf16`` adds ``jaxnn_bf16``
+(models with ``dtype=jnp.bfloat16``).
+
+Every (workload, framework) runs in its own subprocess, so its peak RSS is its own, and they run one
+after another on the same machine within one invocation: compare the ratios, not the absolute
+figures, which move with the load of a shared machine.
+
+What is measured (and how):
+
+* ``train_examples_per_s``: training examples of one epoch / the epoch's synchronised train time,
+  the median over the epochs after the first (warm-up) epoch.
+* ``compile_s``: first epoch's train time minus the median later epoch's (tracing, compilation and
+  first-touch costs; about 0 for eager PyTorch, where it is clipped at 0).
+* ``eval_examples_per_s``: test examples / time of one pass over the test set with batch 1024 (each
+  framework's own evaluate), median of 3 passes after a warm-up pass.
+* ``peak_rss_mb``: ``ru_maxrss`` of the subprocess (data, framework, compiled code, everything).
+* ``time_to_accuracy_s`` (Fashion-MNIST, not ``--quick``): wall time from the start of training
+  setup (model construction, initialisation, data placement and compilation included) to the end of
+  the first epoch after which test accuracy is >= 0.88 (MLP) / 0.91 (CNN), with the time spent
+  evaluating the test set after each epoch excluded, for every framework alike. At most 15 (MLP) /
+  10 (CNN) epochs; null when the target is not reached. ``epochs_to_accuracy`` counts the epochs.
+
+``ratios[workload][peer]``: ``train_speedup`` = jaxnn train ex/s / peer train ex/s and
+``time_to_accuracy_speedup`` = peer time / jaxnn time; above 1 means jaxnn is faster. Peers are
+``flax``, ``torch`` and ``keras``; jaxnn's variants (``jaxnn_bf16``, ``jaxnn_warm_cache``) get the
+same two ratios against every peer in ``variant_ratios[workload][variant][peer]``.
+``--warm-cache`` adds ``jaxnn_warm_cache``: jaxnn with JAX's persistent compilation cache on, as
+every ``python -m experiments.<name>`` run has it (``jaxnn.cli.enable_compilation_cache``), in a
+cache that a 2-epoch run of the same workload filled first, so its start-up is a re-run's. The
+``jaxnn`` row is a first run (no cache), as ``Trainer.fit`` in a user's own script gives.
+``--sweep-dispatch`` trains jaxnn with ``steps_per_dispatch`` 1, 8 and 32 in one process, epochs
+interleaved round-robin so that load drift hits all three alike (CNN epochs on 4,096 examples).
+
+Layout: ``common`` (settings, the epoch loop and its clock, the result record: written once),
+``data`` (loaded in the parent, handed to workers as .npy files), one module per framework
+(``jaxnn_peer``, ``flax_peer``, ``torch_peer``, ``keras_peer``: build, train an epoch, evaluate),
+``worker`` (one measurement in a subprocess), ``tables`` (ratios, printed tables) and ``cli`` (the
+parent process). This package imports only the standard library and numpy; a worker imports just
+the framework it measures, so its peak RSS is that framework's.
+"""
+
+from experiments.benchmark.cli import main, parse_args
+from experiments.benchmark.common import (
+    BATCH_SIZE,
+    EVAL_BATCH_SIZE,
+    FRAMEWORKS,
+    LEARNING_RATE,
+    MAX_EPOCHS,
+    TARGET_ACCURACY,
+    WORKLOADS,
+    EpochLog,
+    Peer,
+    measure,
+    run_epochs,
+)
+from experiments.benchmark.data import load_data
+from experiments.benchmark.tables import (
+    compute_ratios,
+    compute_variant_ratios,
+    format_sweep,
+    format_table,
+    format_variant_ratios,
+)
+
+__all__ = [
+    "BATCH_SIZE",
+    "EVAL_BATCH_SIZE",
+    "FRAMEWORKS",
+    "LEARNING_RATE",
+    "MAX_EPOCHS",
+    "TARGET_ACCURACY",
+    "WORKLOADS",
+    "EpochLog",
+    "Peer",
+    "compute_ratios",
+    "compute_variant_ratios",
+    "format_sweep",
+    "format_table",
+    "format_variant_ratios",
+    "load_data",
+    "main",
+    "measure",
+    "parse_args",
+    "run_epochs",
+]
