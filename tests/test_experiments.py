@@ -223,3 +223,37 @@ def test_fine_tuning_copies_layers_from_another_run_and_freezes_them(sources, tm
         assert set(params[layer]) == {"kernel"}  # no bias before BatchNorm
         np.testing.assert_array_equal(params[layer]["kernel"], pretrained[layer]["kernel"])
     assert not np.array_equal(params["Dense_1"]["kernel"], pretrained["Dense_1"]["kernel"])
+
+
+def test_optimizers_command_runs_from_the_command_line(sources, tmp_path):
+    env = {
+        **os.environ,
+        "JAXNN_DATA_DIR": str(sources / "idx"),
+        "PYTHONPATH": str(REPO),
+        "JAXNN_COMPILATION_CACHE": "off",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.optimizers",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+            "--config.epochs=1",
+            "--config.model.features=(8,)",
+            "--config.optimizers=sgd,adam",
+            "--config.verbose=0",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # The locked command-line config once made this command fail before training.
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary) == {"sgd", "adam"}
+    for name in ("sgd", "adam"):
+        check_outputs(tmp_path / "run" / name, classifier=True, epochs=1)
+        assert f"{name:>9}: test_accuracy=" in result.stdout
