@@ -7,6 +7,7 @@ without TensorFlow) is imported on demand.
 
 from jaxnn import callbacks, losses, metrics, models, optim, state, step
 from jaxnn.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from jaxnn.loop import TrainLoop
 from jaxnn.models import CNN, MLP
 from jaxnn.state import TrainState, create_train_state
 from jaxnn.trainer import Trainer, TrainingDivergedError
@@ -19,6 +20,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "ReduceLROnPlateau",
+    "TrainLoop",
     "TrainState",
     "Trainer",
     "TrainingDivergedError",

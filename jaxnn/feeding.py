@@ -46,6 +46,7 @@ class BatchPlan:
 
     @property
     def batch_size(self) -> int:
+        """Examples per batch."""
         return self.idx.shape[1]
 
     @functools.cached_property
@@ -71,6 +72,7 @@ class Fed:
 
     @property
     def resident(self) -> bool:
+        """Whether the arrays live on the devices (else they are streamed from the host)."""
         return not isinstance(self.x, np.ndarray)
 
     def inputs(self, plan: BatchPlan, start: int, k: int) -> tuple:
