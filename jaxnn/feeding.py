@@ -43,6 +43,7 @@ class BatchPlan:
     idx: np.ndarray
     weight: np.ndarray
     mesh: jax.sharding.Mesh
+    _local: dict[int, jax.Array] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -50,14 +51,22 @@ class BatchPlan:
         return self.idx.shape[1]
 
     @functools.cached_property
-    def on_device(self) -> tuple[jax.Array, jax.Array]:
-        """``(idx, weight)`` with the batch axis split over the mesh's data axis."""
-        placement = sharding.batch_sharding(self.mesh)
-        return sharding.put_global(self.idx, placement), sharding.put_global(self.weight, placement)
+    def device_idx(self) -> jax.Array:
+        """``idx`` with the batch axis split over the mesh's data axis (resident data)."""
+        return sharding.put_global(self.idx, sharding.batch_sharding(self.mesh))
 
-    def weight_slice(self, start: int, k: int) -> jax.Array:
-        """Batches ``start .. start + k - 1``'s weights, placed like ``on_device``."""
-        return self.on_device[1][start : start + k]
+    @functools.cached_property
+    def device_weight(self) -> jax.Array:
+        """``weight`` placed like ``device_idx``."""
+        return sharding.put_global(self.weight, sharding.batch_sharding(self.mesh))
+
+    def local_idx(self, k: int) -> jax.Array:
+        """Indices ``0 .. k·batch_size - 1`` shaped ``(k, batch_size)`` and placed like
+        ``device_idx``: where ``k`` batches copied from the host sit (placed once per ``k``)."""
+        if k not in self._local:
+            local = np.arange(k * self.batch_size, dtype=np.int32).reshape(k, self.batch_size)
+            self._local[k] = jax.device_put(local, sharding.batch_sharding(self.mesh))
+        return self._local[k]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +89,9 @@ class Fed:
         1`` of ``plan``: the whole resident arrays and the plan, or the rows of those batches
         copied from the host with indices into them (and ``start`` 0)."""
         if self.resident:
-            idx, weight = plan.on_device
-            return self.x, self.y, idx, weight, start
+            return self.x, self.y, plan.device_idx, plan.device_weight, start
         x, y = self.rows(plan, start, k)
-        local = np.arange(k * plan.batch_size, dtype=np.int32).reshape(k, plan.batch_size)
-        local = jax.device_put(local, sharding.batch_sharding(plan.mesh))
-        return x, y, local, plan.weight_slice(start, k), 0
+        return x, y, plan.local_idx(k), plan.device_weight[start : start + k], 0
 
     def rows(self, plan: BatchPlan, start: int, k: int) -> tuple[jax.Array, jax.Array | None]:
         """The rows of batches ``start .. start + k - 1``, gathered on the host and placed."""
