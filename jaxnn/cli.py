@@ -48,11 +48,15 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     return str(path)
 
 
-def _command() -> str:
-    """How the user started this process, for messages: ``python -m experiments.<name> ...``."""
+def _module_command() -> str:
+    """How this process was started, without its flags: ``python -m experiments.<name>``."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    module = spec.name if spec is not None else "experiments.<name>"
-    return f"python -m {module} {' '.join(sys.argv[1:])}".rstrip()
+    return f"python -m {spec.name if spec is not None else 'experiments.<name>'}"
+
+
+def _command() -> str:
+    """The whole command the user typed, for messages that say how to resume."""
+    return f"{_module_command()} {' '.join(sys.argv[1:])}".rstrip()
 
 
 def define_flags(config: ml_collections.ConfigDict, default_workdir: str) -> None:
@@ -66,7 +70,8 @@ def define_flags(config: ml_collections.ConfigDict, default_workdir: str) -> Non
     try:  # the overrides are parsed here, against the locked config
         config_flags.DEFINE_config_dict("config", config, "The experiment's configuration.")
     except (AttributeError, KeyError) as error:
-        raise SystemExit(_unknown_key(error)) from None
+        print(_unknown_key(error), file=sys.stderr)
+        raise SystemExit(2) from None
     flags.DEFINE_string("workdir", default_workdir, "Where the run's files and checkpoints go.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
@@ -96,7 +101,7 @@ def _unknown_key(error: BaseException) -> str:
         hint = f" Did you mean --{'.'.join(parts)}?"
     return (
         f"error: --{typed}: unknown config key.{hint if suggestion else ''} "
-        f"({_command().split(' --')[0]} --helpfull lists every key)"
+        f"({_module_command()} --helpfull lists every key)"
     )
 
 
