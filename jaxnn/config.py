@@ -17,11 +17,12 @@ from ml_collections import config_dict
 
 from jaxnn import losses, metrics, models, optim
 from jaxnn.data.augment import AugmentConfig, default_augment_options
+from jaxnn.data.splits import IMAGE_DATASETS, TABULAR_DATASETS, check_dataset
 
 __all__ = ["DATASETS", "base_config", "build_model", "check", "optimizer_config"]
 
 ConfigDict = ml_collections.ConfigDict
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "regression", "binary", "csv")
+DATASETS = IMAGE_DATASETS + TABULAR_DATASETS
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -125,19 +126,7 @@ def check(config: ConfigDict) -> None:
     _expect(_is_int(config.seed, 0), "seed", "an integer >= 0", config.seed)
     spd = config.steps_per_dispatch
     _expect(spd is None or _is_int(spd, 1), "steps_per_dispatch", "None or an integer >= 1", spd)
-    _expect(
-        config.dataset.name in DATASETS,
-        "dataset.name",
-        f"one of {list(DATASETS)}",
-        config.dataset.name,
-    )
-    normalization = config.dataset.normalization
-    _expect(
-        normalization in ("scale", "standardize"),
-        "dataset.normalization",
-        "'scale' or 'standardize'",
-        normalization,
-    )
+    check_dataset(config.dataset)
     _check_model(config.model)
     losses.get(config.loss)  # raises, listing the valid names
     for name in config.metrics:

@@ -15,10 +15,28 @@ from typing import Any
 from jaxnn.data import preprocess, tabular
 from jaxnn.data.tabular import Splits
 
-__all__ = ["IMAGE_DATASETS", "TABULAR_DATASETS", "load_splits"]
+__all__ = ["IMAGE_DATASETS", "NORMALIZATIONS", "TABULAR_DATASETS", "check_dataset", "load_splits"]
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 TABULAR_DATASETS = ("regression", "binary", "csv")
+NORMALIZATIONS = ("scale", "standardize")
+
+
+def check_dataset(cfg: Any) -> None:
+    """Checks a ``dataset`` block's name and normalisation (before anything is loaded).
+
+    Raises:
+      ValueError: an unknown ``name`` or ``normalization``, listing the known ones.
+    """
+    if cfg.name not in IMAGE_DATASETS + TABULAR_DATASETS:
+        raise ValueError(
+            f"dataset.name: unknown dataset {cfg.name!r}; expected one of "
+            f"{list(IMAGE_DATASETS + TABULAR_DATASETS)}"
+        )
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"dataset.normalization: expected 'scale' or 'standardize'; got {cfg.normalization!r}"
+        )
 
 
 def load_splits(cfg: Any, seed: int) -> Splits:
@@ -47,14 +65,10 @@ def load_splits(cfg: Any, seed: int) -> Splits:
         splits = load_splits(config.dataset, config.seed)
         trainer.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val))
     """
+    check_dataset(cfg)
     if cfg.name in IMAGE_DATASETS:
         return _image_splits(cfg, seed)
-    if cfg.name in TABULAR_DATASETS:
-        return _tabular_splits(cfg, seed)
-    raise ValueError(
-        f"dataset.name: unknown dataset {cfg.name!r}; expected one of "
-        f"{list(IMAGE_DATASETS + TABULAR_DATASETS)}"
-    )
+    return _tabular_splits(cfg, seed)
 
 
 def _image_splits(cfg: Any, seed: int) -> Splits:
@@ -78,10 +92,6 @@ def _image_splits(cfg: Any, seed: int) -> Splits:
         mean, std = preprocess.channel_stats(x)
         x, x_test = preprocess.normalize(x, mean, std), preprocess.normalize(x_test, mean, std)
         x_val = preprocess.normalize(x_val, mean, std) if x_val is not None else None
-    elif cfg.normalization != "scale":
-        raise ValueError(
-            f"dataset.normalization: expected 'scale' or 'standardize'; got {cfg.normalization!r}"
-        )
     return Splits(
         x_train=x,
         y_train=y,
