@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxnn.utils import path_str, probe_writable
+from jaxnn.utils import path_str, probe_writable, tree_digest
 
 __all__ = [
     "CheckpointError",
@@ -225,11 +225,6 @@ class Checkpointer:
                 f"({error.strerror or error}); expected a writable directory"
             ) from error
 
-    def _save_error(
-        self, step: int | None, error: BaseException, note: str = ""
-    ) -> CheckpointError:
-        return _save_error(self.directory, self._manager, step, error, note)
-
     # ------------------------------------------------------------------------------- saving
     def save(
         self,
@@ -258,8 +253,13 @@ class Checkpointer:
           CheckpointError: when the directory is not writable or the disk is full (also for an
             earlier asynchronous save that failed); the earlier checkpoints stay intact.
         """
-        metrics = self._ranking(metrics)
-        meta = {"metrics": metrics, "best_metric": self.best_metric, "best_mode": self.best_mode}
+        metrics = _ranking(metrics, self.best_metric)
+        meta = {
+            "metrics": metrics,
+            "best_metric": self.best_metric,
+            "best_mode": self.best_mode,
+            "digest": _digest(state),  # verified at restore: flipped bits are not restored
+        }
         extra = {**(extra or {}), _META_KEY: meta}
         try:
             started = self._manager.save(
@@ -281,18 +281,10 @@ class Checkpointer:
             failed = self._pending_step if self._pending_step is not None else step
             self._pending_step = None
             note = f"checkpoint {step} was not saved either; " if failed != step else ""
-            raise self._save_error(failed, error, note) from error
+            raise _save_error(self.directory, self._manager, failed, error, note) from error
         if started:
             self._pending_step = int(step)
         return started
-
-    def _ranking(self, metrics: Mapping[str, float] | None) -> dict[str, float] | None:
-        """The finite metrics that rank a step, or None when they lack ``best_metric`` (BestN
-        then treats the step as unranked)."""
-        if metrics is None:
-            return None
-        metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-        return metrics if self.best_metric is not None and self.best_metric in metrics else None
 
     def wait(self) -> None:
         """Blocks until a pending asynchronous save is on disk.
@@ -303,7 +295,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except (OSError, ValueError, RuntimeError) as error:
-            raise self._save_error(self._pending_step, error) from error
+            raise _save_error(self.directory, self._manager, self._pending_step, error) from error
         finally:
             self._pending_step = None
 
@@ -387,7 +379,7 @@ class Checkpointer:
             ),
         )
         extra = dict(restored[_EXTRA])
-        extra.pop(_META_KEY, None)
+        _verify(restored[_STATE], extra.pop(_META_KEY, None), where)
         return restored[_STATE], extra, step
 
     def restore_latest_good(self, template_state: Any) -> tuple[Any, dict[str, Any], int] | None:
@@ -399,6 +391,9 @@ class Checkpointer:
         Args:
           template_state: as for ``restore``.
 
+        A damaged step newer than the one restored is moved (never deleted) to
+        ``<workdir>/damaged_checkpoints/<step>``, so training can save that step number again.
+
         Returns:
           ``(state, extra, step)``, or None when there are no checkpoints at all.
 
@@ -407,22 +402,29 @@ class Checkpointer:
             (a different model is not a damaged file; it is never skipped).
           CheckpointError: when checkpoints exist but none of them can be read.
         """
-        failures = []
+        failures, damaged = [], []
         for step in reversed(self.all_steps()):
             try:
-                return self.restore(template_state, step)
+                restored = self.restore(template_state, step)
             except CheckpointMismatchError:
                 raise
             except Exception as error:  # noqa: BLE001 - a damaged checkpoint: try the previous
-                where = self.directory / str(step)
-                message = f"{where}: unreadable checkpoint ({type(error).__name__}: {error})"
+                message = f"{self.directory / str(step)}: unreadable checkpoint ({error})"
                 failures.append(message)
-                logger.warning("%s; falling back to the previous one", message)
+                damaged.append((step, message))
+                continue
+            for bad_step, message in damaged:  # a good one exists: move the bad ones aside
+                moved = _move_aside(self.directory, bad_step)
+                self._manager.reload()
+                logger.warning("%s; moved to %s; falling back to the previous one", message, moved)
                 warnings.warn(
-                    f"{message}; falling back to the previous one",
+                    f"{message}; moved to {moved}; falling back to the previous one",
                     CheckpointFallbackWarning,
                     stacklevel=2,
                 )
+            return restored
+        for _, message in damaged:  # none readable: nothing is moved, the user decides
+            warnings.warn(message, CheckpointFallbackWarning, stacklevel=2)
         if failures:
             raise CheckpointError(
                 f"{self.directory}: none of the {len(failures)} checkpoints can be read:\n  "
@@ -430,6 +432,45 @@ class Checkpointer:
                 + "\nMove the folder away to start over, or restore a backup."
             )
         return None
+
+
+def _ranking(metrics: Mapping[str, float] | None, best_metric: str | None) -> dict | None:
+    """The finite metrics that rank a step, or None when they lack ``best_metric`` (BestN then
+    treats the step as unranked)."""
+    if metrics is None:
+        return None
+    metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+    return metrics if best_metric is not None and best_metric in metrics else None
+
+
+def _move_aside(directory: Path, step: int) -> Path:
+    """Renames a damaged step's folder out of the checkpoints, to
+    ``<workdir>/damaged_checkpoints/<step>`` (process 0 does the move)."""
+    aside = directory.parent / "damaged_checkpoints"
+    target, copy = aside / str(step), 1
+    while target.exists():
+        target, copy = aside / f"{step}.{copy}", copy + 1
+    if jax.process_index() == 0:
+        aside.mkdir(exist_ok=True)
+        (directory / str(step)).rename(target)
+    return target
+
+
+def _digest(state: Any) -> str:
+    """The arrays' digest under the names orbax stores them by (so a template-free restore,
+    which reads dicts, gets the digest of the train state it was saved from)."""
+    return tree_digest(state, name=path_str)
+
+
+def _verify(state: Any, meta: Mapping[str, Any] | None, where: Path) -> None:
+    """Checks restored arrays against the digest recorded when they were saved (checkpoints
+    written before digests were recorded have none and are taken as they are)."""
+    expected = (meta or {}).get("digest")
+    if expected is not None and _digest(state) != expected:
+        raise CheckpointError(
+            f"{where}: the arrays read back do not match the sha256 digest recorded when they "
+            "were saved (a corrupted file)"
+        )
 
 
 def _save_error(
@@ -525,9 +566,14 @@ def _restore_state_without_template(workdir: str | os.PathLike, which: int | str
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata
         )
-        return manager.restore(
-            step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract)})
-        )[_STATE]
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardRestore(abstract), _EXTRA: ocp.args.JsonRestore()}
+            ),
+        )
+        _verify(restored[_STATE], restored[_EXTRA].get(_META_KEY), directory / str(step))
+        return restored[_STATE]
     finally:
         manager.close()
 

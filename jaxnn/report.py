@@ -5,7 +5,6 @@ Pure host-side helpers with no training logic; ``jaxnn.run`` calls them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn.utils import tree_digest
+
 __all__ = [
     "atomic_write_text",
     "environment",
@@ -29,13 +30,24 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    """Writes ``text`` to ``path`` through a temporary file and a rename: never half-written.
+
+    The file gets the permissions a plain ``open(path, "w")`` gives (``0o666`` less the umask),
+    not the temporary file's private 0600: results on a shared disk stay readable by others.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,17 +55,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def params_checksum(params: Any) -> str:
-    """sha256 over every parameter's path, dtype, shape and bytes, in sorted path order.
-
-    Two runs have the same checksum exactly when their parameters are bitwise identical.
-    """
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
-    digest = hashlib.sha256()
-    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    """sha256 over every parameter's path, dtype, shape and bytes, in sorted path order
+    (``jaxnn.utils.tree_digest``): two runs have the same checksum exactly when their
+    parameters are bitwise identical."""
+    return tree_digest(params)
 
 
 def environment() -> dict[str, Any]:

@@ -1,16 +1,21 @@
-"""Small helpers shared by several modules: pytree paths, rounding up, a writable-folder probe.
+"""Small helpers shared by several modules: pytree paths and digests, rounding up, a writable-folder
+probe.
 
 Nothing here knows about training; every other jaxnn module may import it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ceil_div", "last_key", "path_str", "probe_writable", "round_up"]
+import jax
+import numpy as np
+
+__all__ = ["ceil_div", "last_key", "path_str", "probe_writable", "round_up", "tree_digest"]
 
 
 def ceil_div(n: int, d: int) -> int:
@@ -52,3 +57,23 @@ def probe_writable(directory: str | os.PathLike) -> None:
     probe = directory / f".write_test_{os.getpid()}"  # one per process
     probe.write_text("ok")
     probe.unlink()
+
+
+def tree_digest(tree: Any, *, name: Any = jax.tree_util.keystr) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes, in sorted path order.
+
+    Two pytrees have the same digest exactly when they are bitwise identical (leaves on devices
+    are fetched to the host first). ``name`` turns a key path into the string hashed:
+    ``path_str`` gives the same digest to a dataclass and to the dict of its fields (what a
+    checkpoint read without a template holds).
+    """
+    leaves = [
+        (name(path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    ]
+    digest = hashlib.sha256()
+    for path, leaf in sorted(leaves, key=lambda item: item[0]):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{path}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -161,6 +161,15 @@ def largest_file(directory, pattern="**/*"):
     return max(files, key=lambda p: p.stat().st_size)
 
 
+def flip_bytes(path, count=400):
+    """XORs ``count`` bytes in the middle of the file with 0xFF (bits flipped on disk)."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - count // 2)
+    for i in range(start, min(len(data), start + count)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def truncate(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -182,8 +191,10 @@ def truncate(path):
         lambda step: largest_file(step / "state" / "d").unlink(),
         # the JSON item deleted
         lambda step: (step / "extra" / "metadata").unlink(),
+        # bits flipped in the middle of the array data
+        lambda step: flip_bytes(largest_file(step / "state" / "d")),
     ],
-    ids=["truncated-largest", "truncated-data", "deleted-data", "deleted-extra"],
+    ids=["truncated-largest", "truncated-data", "deleted-data", "deleted-extra", "flipped-data"],
 )
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     states = saved_run(tmp_path)
@@ -195,7 +206,39 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     assert_bitwise_equal(restored, states[2])
     assert len(caught) == 1
     assert str(step_dir(tmp_path, 3).absolute()) in str(caught[0].message)
+    # The damaged step is moved aside, not deleted, and its number can be saved again (a run
+    # that fell back trains through that step once more).
+    moved = tmp_path / "damaged_checkpoints" / "3"
+    assert moved.is_dir() and str(moved) in str(caught[0].message)
+    assert checkpointer.all_steps() == [1, 2]
+    checkpointer.save(3, states[3], extra={"epoch": 3}, force=True)
+    assert checkpointer.all_steps() == [1, 2, 3]
     checkpointer.close()
+
+
+def wrong_digest(step):
+    """Changes the digest recorded with a step, as a corruption that still decodes looks."""
+    extra = step / "extra" / "metadata"
+    record = json.loads(extra.read_text())
+    assert len(record["_checkpoint"]["digest"]) == 64
+    record["_checkpoint"]["digest"] = "0" * 64
+    extra.write_text(json.dumps(record))
+
+
+def test_arrays_that_do_not_match_their_saved_digest_are_not_restored(tmp_path):
+    # Corruption that still decodes (a bit flip inside raw array bytes) reads back as wrong
+    # numbers: the digest recorded at save is what catches it.
+    saved_run(tmp_path)
+    assert_bitwise_equal(restore(tmp_path, 3)["params"], trained_state(shift=0.75).params)
+    wrong_digest(step_dir(tmp_path, 3))
+    with pytest.raises(CheckpointError, match="do not match the sha256 digest"):
+        restore(tmp_path, 3)  # the template-free restore checks it too
+    with Checkpointer(tmp_path, keep_latest=3) as checkpointer:
+        with pytest.raises(CheckpointError, match="do not match the sha256 digest"):
+            checkpointer.restore(trained_state(), 3)
+        with pytest.warns(CheckpointFallbackWarning, match="digest"):
+            _, _, step = checkpointer.restore_latest_good(trained_state())
+        assert step == 2
 
 
 def test_every_checkpoint_unreadable_is_an_error_listing_them(tmp_path):
