@@ -20,12 +20,20 @@ import ml_collections
 
 from jaxnn import sharding
 from jaxnn.callbacks import StopRequest
+from jaxnn.checkpoint import CheckpointError
 from jaxnn.run import run
+from jaxnn.workdir import WorkdirBusyError
 
 __all__ = ["enable_compilation_cache", "main"]
 
 # Errors a user can fix: one `error:` line and exit 2, no traceback.
-_USER_ERRORS = (ValueError, PermissionError, FileNotFoundError, sharding.DistributedInitError)
+_USER_ERRORS = (
+    ValueError,
+    PermissionError,
+    FileNotFoundError,
+    WorkdirBusyError,
+    sharding.DistributedInitError,
+)
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
@@ -140,7 +148,9 @@ def main(
     several runs).
 
     SIGINT and SIGTERM finish the step in flight, save a checkpoint and exit 130 with the
-    command that resumes; a bad value exits 2 with one ``error:`` line.
+    command that resumes; a bad value or a busy workdir exits 2 with one ``error:`` line; a
+    checkpoint that cannot be written (disk full) exits 1 with one ``error:`` line saying which
+    checkpoints are intact (``JAXNN_TRACEBACK=1`` re-raises instead).
     """
     from absl import app, flags
     from absl import logging as absl_logging
@@ -161,5 +171,14 @@ def main(
         except _USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except CheckpointError as error:  # a fault while running: disk full, permission lost
+            if os.environ.get("JAXNN_TRACEBACK"):
+                raise
+            print(
+                f"error: {error}. Once that is fixed, resume with the same command: "
+                f"{_command()} (JAXNN_TRACEBACK=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     app.run(_main)

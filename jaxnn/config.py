@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from jaxnn import losses, metrics, models, optim
+from jaxnn import inputs, losses, models, optim
 from jaxnn.data.augment import AugmentConfig, default_augment_options
 from jaxnn.data.splits import IMAGE_DATASETS, TABULAR_DATASETS, check_dataset
 
@@ -35,6 +35,7 @@ def base_config() -> ConfigDict:
     c.batch_size = 128
     c.steps_per_dispatch = config_dict.placeholder(int)  # None: chosen by model (see Trainer)
     c.fresh = False  # True: delete the workdir's run and start over
+    c.extend = False  # True: continue the workdir's run (finished too) to a larger `epochs`
     c.verbose = 1
     c.dataset = _dataset_config()
     c.model = _model_config()
@@ -128,9 +129,8 @@ def check(config: ConfigDict) -> None:
     _expect(spd is None or _is_int(spd, 1), "steps_per_dispatch", "None or an integer >= 1", spd)
     check_dataset(config.dataset)
     _check_model(config.model)
-    losses.get(config.loss)  # raises, listing the valid names
-    for name in config.metrics:
-        metrics.get(name)
+    loss = losses.get(config.loss)  # raises, listing the valid names
+    inputs.check_metric_names(tuple(config.metrics), loss)  # names, and that they fit the loss
     optim.check_config(optimizer_config(config))
     AugmentConfig.from_options(config.augment.to_dict())
     _expect(

@@ -10,7 +10,6 @@ run returns its summary; ``config.fresh=True`` starts over.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,16 @@ from jaxnn import callbacks as callbacks_lib
 from jaxnn import checkpoint as checkpoint_lib
 from jaxnn import config as config_lib
 from jaxnn import data, losses, report, sharding
+from jaxnn import workdir as workdir_lib
 from jaxnn.config import base_config, build_model
 from jaxnn.data import Splits as Dataset
 from jaxnn.data import load_splits as load_dataset
 from jaxnn.data.augment import AugmentConfig
 from jaxnn.trainer import Trainer
-from jaxnn.utils import probe_writable
 
-__all__ = ["OUTPUTS", "Dataset", "base_config", "build_model", "load_dataset", "run"]
+__all__ = ["Dataset", "base_config", "build_model", "load_dataset", "run"]
 
 ConfigDict = ml_collections.ConfigDict
-
-OUTPUTS = (
-    "config.json",
-    "metrics.csv",
-    "summary.json",
-    "learning_curves.png",
-    "confusion_matrix.png",
-    "checkpoints",
-    "tensorboard",
-)
 
 
 def run(
@@ -52,6 +41,9 @@ def run(
     stop: callbacks_lib.StopRequest | None = None,
 ) -> dict[str, Any]:
     """Trains, evaluates and reports one experiment in ``workdir``; returns its summary.
+
+    The workdir holds one run (``jaxnn.workdir``): a second process refuses while this one
+    runs, and a rerun must bring the config the run was started with.
 
     Args:
       config: a config from ``jaxnn.config.base_config`` (an experiment's ``get_config()``),
@@ -66,9 +58,16 @@ def run(
     start = time.perf_counter()
     config_lib.check(config)
     workdir = Path(workdir)
-    finished = _open_workdir(config, workdir)
-    if finished is not None:
-        return finished
+    with workdir_lib.lock(workdir):  # one run per workdir
+        finished = workdir_lib.open_run(config, workdir)
+        if finished is not None:
+            _print_finished(workdir, finished)
+            return finished
+        return _train(config, workdir, stop, start)
+
+
+def _train(config, workdir, stop, start) -> dict[str, Any]:
+    """Data, model, resume, fit, summary: the run inside its locked workdir."""
     mesh = sharding.make_mesh()
     sharding.check_batch_size("batch_size", config.batch_size, mesh)
     dataset = _load(config)
@@ -99,47 +98,16 @@ def _print(*args: Any) -> None:
         print(*args, flush=True)
 
 
-def _sync(name: str) -> None:
-    """A barrier across processes (nothing with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+def _print_finished(workdir: Path, summary: dict[str, Any]) -> None:
+    _print(
+        f"{workdir} holds a finished run; its summary (rerun with --config.fresh=True "
+        "to start over):"
+    )
+    shown = {k: v for k, v in summary.items() if k != "history"}
+    _print(json.dumps(shown, indent=2, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------ workdir
-def _open_workdir(config: ConfigDict, workdir: Path) -> dict[str, Any] | None:
-    """Makes the workdir ready; returns a finished run's summary instead of starting again."""
-    try:
-        probe_writable(workdir)
-    except OSError as error:
-        raise PermissionError(
-            f"workdir: {str(workdir)!r} is not writable ({error.strerror}); choose another with "
-            "--workdir=PATH"
-        ) from None
-    if config.fresh and jax.process_index() == 0:
-        for name in OUTPUTS:
-            path = workdir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    _sync("cleared workdir")
-    summary_path = workdir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        _print(
-            f"{workdir} holds a finished run; its summary (rerun with --config.fresh=True "
-            "to start over):"
-        )
-        shown = {k: v for k, v in summary.items() if k != "history"}
-        _print(json.dumps(shown, indent=2, sort_keys=True))
-        return summary
-    if jax.process_index() == 0:
-        report.dump_json(workdir / "config.json", json.loads(config.to_json()))
-    return None
-
-
 # --------------------------------------------------------------------------- data, model
 def _load(config: ConfigDict) -> Dataset:
     devices = jax.devices()
@@ -150,7 +118,7 @@ def _load(config: ConfigDict) -> Dataset:
     # Process 0 prepares the data first, so processes sharing a data_dir never race to write it.
     if jax.process_index() == 0:
         dataset = data.load_splits(config.dataset, config.seed)
-    _sync("dataset prepared")
+    sharding.sync("dataset prepared")
     if jax.process_index() != 0:
         dataset = data.load_splits(config.dataset, config.seed)
     _print(

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnn.utils import round_up
 
 __all__ = [
+    "sync",
     "DATA_AXIS",
     "DistributedInitError",
     "aligned_empty",
@@ -137,6 +138,14 @@ def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
 def is_multiprocess(mesh: Mesh) -> bool:
     """Whether the mesh spans devices of more than one process."""
     return len({d.process_index for d in mesh.devices.flat}) > 1
+
+
+def sync(name: str) -> None:
+    """A barrier across the run's processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
