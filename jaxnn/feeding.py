@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import numpy as np
@@ -185,6 +186,20 @@ class Feeder:
         idx[: min(n, total)] = order[:total]
         shape = (num_batches, batch_size)
         return BatchPlan(idx.reshape(shape), weight.reshape(shape), self.mesh)
+
+    def train_batch_size(self, batch_size: int, n: int) -> int:
+        """``batch_size``, or every example (rounded up to split over the data axis) when it is
+        larger: then each step trains on the whole dataset, as in Keras, instead of padding a
+        batch far beyond it. Says so with a warning."""
+        whole = round_up(n, sharding.data_size(self.mesh))
+        if batch_size <= whole:
+            return batch_size
+        warnings.warn(
+            f"batch_size: {batch_size} is larger than the {n} training examples; each step "
+            f"trains on all of them (batch_size={whole})",
+            stacklevel=3,
+        )
+        return whole
 
     def eval_batch_size(self, batch_size: int, n: int) -> int:
         """``min(batch_size, n)`` rounded up to split evenly over the data axis."""

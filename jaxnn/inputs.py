@@ -17,6 +17,7 @@ import optax
 from jaxnn import losses as losses_lib
 from jaxnn import metrics as metrics_lib
 from jaxnn import optim
+from jaxnn.callbacks import Callback
 from jaxnn.sharding import aligned_empty
 
 __all__ = [
@@ -75,12 +76,27 @@ def check_optimizer(optimizer: Any) -> optax.GradientTransformation | dict[str, 
     return optimizer
 
 
-def check_metric_names(metrics: str | Sequence[str]) -> tuple[str, ...]:
-    """Metric names from ``jaxnn.metrics`` (a single name may be given as a string)."""
+# The metric a task reports when none is named (Keras users name one; most want this one).
+_DEFAULT_METRIC = {"multiclass": "accuracy", "binary": "binary_accuracy", "regression": "mae"}
+
+
+def check_metric_names(
+    metrics: str | Sequence[str] | None, loss: losses_lib.Loss
+) -> tuple[str, ...]:
+    """Metric names from ``jaxnn.metrics`` that make sense for ``loss``'s outputs (a single name
+    may be a string); None gives the task's usual one."""
+    if metrics is None:
+        return (_DEFAULT_METRIC[loss.task],)
     if isinstance(metrics, str):
         metrics = [metrics]
     for name in metrics:
-        metrics_lib.get(name)  # raises, listing the valid names
+        metric = metrics_lib.get(name)  # raises, listing the valid names
+        if loss.task not in metric.tasks:
+            fits = [n for n in metrics_lib.names() if loss.task in metrics_lib.get(n).tasks]
+            raise ValueError(
+                f"metrics: {name!r} measures {' or '.join(metric.tasks)} outputs, and the loss "
+                f"{loss.name!r} trains a {loss.task} model; expected one of {fits}"
+            )
     return tuple(metrics)
 
 
@@ -92,6 +108,18 @@ def check_compiler_options(options: Any) -> Mapping[str, str] | None:
             f"{type(options).__name__}"
         )
     return options
+
+
+def check_callbacks(callbacks: Any) -> list[Any]:
+    """A list of ``jaxnn.callbacks.Callback`` objects (a plain function is refused with the fix)."""
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise ValueError(
+                f"callbacks: expected jaxnn.Callback objects; got {callback!r}. Subclass "
+                "jaxnn.Callback and override a hook, e.g. on_epoch_end(self, loop, epoch, logs)"
+            )
+    return callbacks
 
 
 def check_steps_per_dispatch(value: Any) -> int | str:
@@ -147,12 +175,12 @@ class ModelInputs:
         try:
             out = jax.eval_shape(lambda s: self.model.init_with_output(key, s, train=False), sample)
         except ValueError as error:
-            if str(error).startswith(f"{name}:"):
-                raise
+            if str(error).startswith((f"{name}:", "x:", "model.")):  # already says what to do
+                raise ValueError(str(error).replace("x:", f"{name}:", 1)) from None
             raise ValueError(
                 f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
             ) from None
-        except TypeError as error:
+        except (TypeError, ZeroDivisionError) as error:
             raise ValueError(
                 f"{name}: examples of shape {tuple(x.shape[1:])} do not fit the model: {error}"
             ) from None

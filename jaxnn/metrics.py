@@ -79,6 +79,8 @@ class Metric:
     count: Array
 
     name: ClassVar[str] = "metric"
+    # The loss tasks (``jaxnn.losses.TASKS``) whose outputs the metric makes sense for.
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass", "binary", "regression")
 
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
@@ -215,6 +217,7 @@ class Accuracy(Metric):
     """
 
     name: ClassVar[str] = "accuracy"
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
 
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
@@ -231,6 +234,7 @@ class BinaryAccuracy(Metric):
     """
 
     name: ClassVar[str] = "binary_accuracy"
+    tasks: ClassVar[tuple[str, ...]] = ("binary",)
 
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
@@ -258,6 +262,7 @@ class TopKAccuracy(Metric):
     """
 
     name: ClassVar[str] = "top5_accuracy"
+    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
     k: ClassVar[int] = 5
 
     @classmethod
@@ -306,6 +311,7 @@ class MAE(Metric):
     """
 
     name: ClassVar[str] = "mae"
+    tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:
@@ -320,6 +326,7 @@ class MSE(Metric):
     """
 
     name: ClassVar[str] = "mse"
+    tasks: ClassVar[tuple[str, ...]] = ("regression",)
 
     @classmethod
     def values(cls, outputs: Any, targets: Any, loss: Any) -> Array:

@@ -172,6 +172,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+        _check_widths(features=self.features, num_outputs=(self.num_outputs,))
         act = get_activation(self.activation)
         init = get_initializer(self.kernel_init)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
@@ -186,6 +187,25 @@ class MLP(nn.Module):
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
+
+
+def _check_widths(**widths: Sequence[int]) -> None:
+    """Layer widths must be positive integers (checked when the model first sees an input)."""
+    for name, values in widths.items():
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            shown = values[0] if name == "num_outputs" else tuple(values)
+            raise ValueError(f"model.{name}: expected integers >= 1; got {shown!r}")
+
+
+def _check_poolable(shape: Sequence[int], blocks: int) -> None:
+    """Each block halves the image: ``blocks`` 2×2 poolings need at least 2^blocks pixels."""
+    need = 2**blocks
+    if shape[1] < need or shape[2] < need:
+        raise ValueError(
+            f"x: images of {shape[1]}×{shape[2]} are too small for the CNN's {blocks} 2×2 "
+            f"poolings; expected at least {need}×{need} pixels (or fewer filters, or "
+            "pool=None)"
+        )
 
 
 class CNN(nn.Module):
@@ -227,6 +247,9 @@ class CNN(nn.Module):
                 "x: CNN expects images of shape (batch, height, width, channels); "
                 f"got shape {tuple(x.shape)}. Add a channel axis with x[..., None] for grayscale."
             )
+        _check_widths(filters=self.filters, dense=self.dense, num_outputs=(self.num_outputs,))
+        if self.pool:
+            _check_poolable(x.shape, len(self.filters))
         act = get_activation(self.activation)
         init = get_initializer(self.kernel_init)
         x = x.astype(self.dtype)

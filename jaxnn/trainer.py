@@ -74,7 +74,8 @@ class Trainer:
       loss: a name from ``jaxnn.losses`` or a ``jaxnn.losses.Loss``.
       optimizer: an ``optax.GradientTransformation``, an optimizer name (``"adam"``) or a config
         dict for ``jaxnn.optim.build`` (schedules in epochs, L2, clipping, ...).
-      metrics: names from ``jaxnn.metrics`` (the mean loss is always reported).
+      metrics: names from ``jaxnn.metrics`` that fit the loss (the mean loss is always
+        reported); default the task's usual one: ``accuracy``, ``binary_accuracy`` or ``mae``.
       seed: the one seed every random stream (init, dropout, data order, augmentation) derives from.
       augment: optional ``(key, x_batch) -> x_batch`` applied to training batches on device.
       steps_per_dispatch: optimizer steps per compiled call; ``"auto"`` picks by model (1 for
@@ -104,7 +105,7 @@ class Trainer:
         *,
         loss: str | losses_lib.Loss = "sparse_categorical_crossentropy",
         optimizer: OptimizerSpec = "adam",
-        metrics: Sequence[str] = ("accuracy",),
+        metrics: Sequence[str] | None = None,
         seed: int = 0,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         steps_per_dispatch: int | str = "auto",
@@ -115,7 +116,7 @@ class Trainer:
         self.loss = losses_lib.get(loss)
         self._inputs = inputs.ModelInputs(model, self.loss)
         self.model = model
-        self.metric_names = inputs.check_metric_names(metrics)
+        self.metric_names = inputs.check_metric_names(metrics, self.loss)
         self.optimizer = inputs.check_optimizer(optimizer)
         self.seed = inputs.check_int("seed", seed, 0)
         self.augment = augment
@@ -193,8 +194,7 @@ class Trainer:
         return self.state.variables
 
     def empty_train_metrics(self) -> dict[str, Any]:
-        """An empty train accumulator, replicated over the mesh (also the template for
-        restoring a mid-epoch one)."""
+        """An empty train accumulator replicated over the mesh (a mid-epoch restore's template)."""
         return sharding_lib.replicate(self._steps.empty_train_metrics(), self.mesh)
 
     def resume_mid_epoch(self, position: int, metrics: dict[str, Any]) -> None:
@@ -206,8 +206,8 @@ class Trainer:
         self._resume_pending = True
 
     def restore(self, snapshot: Any) -> None:
-        """Puts a training checkpoint's contents back (``jaxnn.checkpoint.restore_training``):
-        the state, the epochs and steps done, the history and a partial epoch's position."""
+        """Puts a ``jaxnn.checkpoint.restore_training`` snapshot back: state, epochs and steps
+        done, history, a partial epoch's position."""
         self.state = snapshot.state
         self.loop.epoch = snapshot.epoch
         self.loop.global_step = snapshot.step
@@ -255,17 +255,18 @@ class Trainer:
         """
         epochs = inputs.check_int("epochs", epochs, 0)
         batch_size = inputs.check_int("batch_size", batch_size, 1)
+        callbacks = inputs.check_callbacks(callbacks)
         (x, y), validation = inputs.training_arrays(
             self._inputs, x, y, validation_split, validation_data, seed=self.seed,
             multiprocess=self._feeder.multiprocess,
         )  # fmt: skip
         sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
         train = self._feeder.feed(x, y)
+        batch_size = self._feeder.train_batch_size(batch_size, train.n)
         total = feeding.steps_per_epoch(train.n, batch_size, drop_remainder)
         self.initialize(x, steps_per_epoch=total, epochs=self.epoch + epochs)
         val = validation and self._feeder.feed(*validation, prefix="validation_data ")
         self.loop.steps_per_epoch = total
-        callbacks = list(callbacks)
         if verbose:
             callbacks.append(ProgressLogger(total, self.epoch + epochs))
         return self._fit_epochs(epochs, train, val, batch_size, shuffle, callbacks)

@@ -317,3 +317,55 @@ def test_an_xla_that_rejects_the_cpu_option_gets_xla_defaults(monkeypatch, caplo
         jaxnn.step._cpu_options_accepted.cache_clear()
     monkeypatch.undo()
     assert jaxnn.step.default_compiler_options("cpu") != {}
+
+
+def test_a_batch_larger_than_the_data_trains_on_all_of_it_and_says_so():
+    x, y = blobs(n=40)
+    trainer = Trainer(MLP(features=(4,), num_outputs=3), seed=0)
+    with pytest.warns(UserWarning, match=r"batch_size: 1000000 is larger than the 40 training"):
+        trainer.fit(x, y, epochs=2, batch_size=10**6, verbose=0)
+    # One step per epoch over the 40 examples, not a million padded rows.
+    assert trainer.steps_per_epoch == 1 and trainer.global_step == 2
+    same = Trainer(MLP(features=(4,), num_outputs=3), seed=0)
+    same.fit(x, y, epochs=2, batch_size=40, verbose=0)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, trainer.variables, same.variables)
+
+
+@pytest.mark.parametrize(
+    "model, x, message",
+    [
+        (MLP(num_outputs=0), np.zeros((4, 3), np.float32), r"model.num_outputs: .* >= 1; got 0"),
+        (MLP(features=(-3,)), np.zeros((4, 3), np.float32), r"model.features: .*got \(-3,\)"),
+        (
+            CNN(filters=(4, 4, 4)),
+            np.zeros((4, 3, 3, 1), np.float32),
+            r"x: images of 3×3 are too small for the CNN's 3 2×2 poolings; expected at least 8×8",
+        ),
+    ],
+)
+def test_models_that_cannot_fit_their_input_are_refused_before_initialising(model, x, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(model).fit(x, np.zeros(4, np.int32), verbose=0)
+
+
+def test_metrics_that_do_not_fit_the_loss_are_refused():
+    with pytest.raises(ValueError, match=r"metrics: 'mae' measures regression outputs.*'accuracy'"):
+        Trainer(MLP(), metrics=["mae"])
+    with pytest.raises(ValueError, match=r"metrics: 'accuracy' measures multiclass outputs"):
+        Trainer(MLP(num_outputs=1), loss="mse", metrics=["accuracy"])
+    # Without metrics named, each task reports its usual one.
+    assert Trainer(MLP(num_outputs=1), loss="mse").metric_names == ("mae",)
+    assert Trainer(MLP(num_outputs=1), loss="binary_crossentropy").metric_names == (
+        "binary_accuracy",
+    )
+    assert Trainer(MLP()).metric_names == ("accuracy",)
+
+
+def test_a_callback_that_is_not_a_callback_and_a_nan_learning_rate_are_refused():
+    def on_epoch_end(loop, epoch, logs):
+        pass
+
+    with pytest.raises(ValueError, match=r"callbacks: expected jaxnn.Callback objects.*Subclass"):
+        Trainer(MLP()).fit(X, Y, callbacks=[on_epoch_end], verbose=0)
+    with pytest.raises(ValueError, match=r"optimizer.learning_rate: expected a finite number"):
+        Trainer(MLP(), optimizer={"name": "adam", "learning_rate": float("nan")})
