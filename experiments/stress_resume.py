@@ -37,11 +37,13 @@ OVERRIDES = [
 ]
 
 
-def _command(workdir: Path) -> list[str]:
+def command(workdir: Path) -> list[str]:
+    """The stressed run's command line in ``workdir``."""
     return [sys.executable, "-m", "experiments.binary", f"--workdir={workdir}", *OVERRIDES]
 
 
-def _checksum(workdir: Path) -> str:
+def checksum(workdir: Path) -> str:
+    """The finished run's ``params_checksum``."""
     return json.loads((workdir / "summary.json").read_text())["params_checksum"]
 
 
@@ -57,9 +59,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     start = time.perf_counter()
-    subprocess.run(_command(root / "reference"), env=env, check=True, capture_output=True)
+    subprocess.run(command(root / "reference"), env=env, check=True, capture_output=True)
     duration = time.perf_counter() - start
-    expected = _checksum(root / "reference")
+    expected = checksum(root / "reference")
     print(f"reference run: {duration:.1f} s, params_checksum {expected[:16]}...")
 
     rng = random.Random(args.seed)
@@ -68,15 +70,15 @@ def main() -> None:
         workdir = root / f"trial_{trial:02d}"
         delay = rng.uniform(0.05, 0.95) * duration
         child = subprocess.Popen(
-            _command(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         time.sleep(delay)
         killed = child.poll() is None
         if killed:
             child.send_signal(signal.SIGKILL)
         child.wait()
-        resumed = subprocess.run(_command(workdir), env=env, capture_output=True, text=True)
-        ok = resumed.returncode == 0 and _checksum(workdir) == expected
+        resumed = subprocess.run(command(workdir), env=env, capture_output=True, text=True)
+        ok = resumed.returncode == 0 and checksum(workdir) == expected
         identical += ok
         steps = (
             sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
