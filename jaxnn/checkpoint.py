@@ -26,6 +26,7 @@ import errno
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,15 +71,26 @@ class CheckpointFallbackWarning(UserWarning):
     """The newest checkpoint was unreadable; an older one is used instead."""
 
 
-class _DropMissingMetricWarning(logging.Filter):
-    """Orbax logs a warning for every save without metrics while a best metric is tracked; mid-epoch
-    saves have none by design, so the line is noise."""
+class _OrbaxNoise(logging.Filter):
+    """Drops two kinds of orbax log lines: the warning for every save without metrics while a best
+    metric is tracked (mid-epoch saves have none by design), and the errors with tracebacks its
+    threads log when a write or read fails: ``save``/``wait`` raise them as one ``CheckpointError``
+    saying what failed, a restore falls back with a warning naming the reason
+    (``JAXNN_TRACEBACK=1`` keeps them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        if "did not provide metrics" in message:
+            return False
+        failure = record.levelno >= logging.ERROR and "orbax" in record.pathname
+        return not (failure and not _tracebacks_asked())
 
 
-_absl_filter = _DropMissingMetricWarning()
+def _tracebacks_asked() -> bool:
+    return bool(os.environ.get("JAXNN_TRACEBACK"))
+
+
+_absl_filter = _OrbaxNoise()
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -485,10 +497,13 @@ def _save_error(
     cause = error
     while cause.__cause__ is not None and not isinstance(cause, OSError):
         cause = cause.__cause__
-    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+    # tensorstore reports the operating system's error inside its message.
+    code = re.search(r"os_error_code='(\d+)'", str(cause))
+    number = cause.errno if isinstance(cause, OSError) else int(code.group(1)) if code else None
+    if number == errno.ENOSPC:
         reason = "no space left on the device"
-    elif isinstance(cause, OSError):
-        reason = cause.strerror or str(cause)
+    elif number is not None:
+        reason = os.strerror(number)
     else:
         reason = f"{type(error).__name__}: {error}"
     try:

@@ -137,6 +137,22 @@ def _interrupted(workdir: str) -> None:
     sys.exit(130)
 
 
+def _quiet_closed_loops() -> None:
+    """Orbax's tensorstore callbacks print "RuntimeError: Event loop is closed" tracebacks when a
+    failed write is cleaned up after its loop; the failure itself is reported as one line."""
+    if os.environ.get("JAXNN_TRACEBACK"):
+        return
+
+    def closed_loop(value: BaseException | None) -> bool:
+        return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda kind, value, tb: (
+        None if closed_loop(value) else excepthook(kind, value, tb)
+    )
+    sys.unraisablehook = lambda info: None if closed_loop(info.exc_value) else unraisablehook(info)
+
+
 def main(
     get_config: Callable[[], ml_collections.ConfigDict],
     default_workdir: str,
@@ -161,6 +177,7 @@ def main(
         del argv
         if not flags.FLAGS["verbosity"].present:  # tfds and jax log a lot at INFO
             absl_logging.set_verbosity(absl_logging.WARNING)
+        _quiet_closed_loops()
         stop = StopRequest()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda signum, frame: stop.request())

@@ -143,3 +143,34 @@ def test_sigint_saves_says_how_to_resume_and_the_rerun_continues(reference):
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "Resuming from checkpoint" in rerun.stdout
+
+
+def run_experiment(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_stress_resume_command_resumes_killed_runs_bitwise(tmp_path):
+    result = run_experiment("experiments.stress_resume", "--kills=2", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("bitwise identical (") == 2
+    assert result.stdout.strip().endswith(
+        "2/2 resumed runs ended bitwise identical to the reference"
+    )
+
+
+def test_fault_drill_survives_every_fault(tmp_path):
+    result = run_experiment("experiments.fault_drill", f"--workdir={tmp_path}")
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    cases = lines[1:-1]
+    assert len(cases) == 13 and all(": recovered (" in c or ": refused (" in c for c in cases)
+    assert sum(": refused (" in c for c in cases) == 3  # two runs, changed config, bad value
+    assert lines[-1] == "13/13 faults survived, 0 runs lost, 0 silent corruptions"
