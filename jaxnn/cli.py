@@ -109,7 +109,23 @@ def _unknown_key(error: BaseException) -> str:
         hint = f" Did you mean --{'.'.join(parts)}?"
     return (
         f"error: --{typed}: unknown config key.{hint if suggestion else ''} "
-        f"({_module_command()} --helpfull lists every key)"
+        f"({_module_command()} --help lists every key)"
+    )
+
+
+def _help(config: ml_collections.ConfigDict, default_workdir: str) -> str:
+    """Usage, the experiment's docstring, every config key with its default and description."""
+    from jaxnn.confighelp import config_help
+
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    return (
+        f"usage: {_module_command()} [--workdir={default_workdir}] [--config.<key>=<value> ...]"
+        f"\n\n{doc}\n\nConfig keys (--config.<key>=<value>; this experiment's defaults):"
+        f"{config_help(config)}\n\nOther flags:\n"
+        f"    --workdir={default_workdir}\n        where the run's files and checkpoints go\n"
+        "    --coordinator_address, --num_processes, --process_id, --distributed_timeout\n"
+        "        multi-process runs (or JAXNN_COORDINATOR_ADDRESS, JAXNN_NUM_PROCESSES, "
+        "JAXNN_PROCESS_ID)"
     )
 
 
@@ -171,6 +187,9 @@ def main(
     from absl import app, flags
     from absl import logging as absl_logging
 
+    if {"-h", "--help", "--helpfull"} & set(sys.argv[1:]):
+        print(_help(get_config(), default_workdir))
+        sys.exit(0)
     define_flags(get_config(), default_workdir)
 
     def _main(argv: list[str]) -> None:

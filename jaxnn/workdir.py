@@ -36,7 +36,15 @@ import ml_collections
 from jaxnn import report, sharding
 from jaxnn.utils import probe_writable
 
-__all__ = ["OUTPUTS", "WorkdirBusyError", "config_differences", "lock", "open_run"]
+__all__ = [
+    "OUTPUTS",
+    "UNTRAINED_KEYS",
+    "WorkdirBusyError",
+    "config_differences",
+    "flat_config",
+    "lock",
+    "open_run",
+]
 
 OUTPUTS = (
     "config.json",
@@ -96,18 +104,19 @@ def lock(workdir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A config as ``{"optimizer.learning_rate": 0.001, ...}`` (dotted keys, leaves only)."""
     if not isinstance(tree, dict):
         return {prefix: tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
+        flat.update(flat_config(value, f"{prefix}{key}."))
     return {k.rstrip("."): v for k, v in flat.items()}
 
 
 def config_differences(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """``key: started with A, now B`` for every key (but ``UNTRAINED_KEYS``) that differs."""
-    old, new = _flat(saved), _flat(config)
+    old, new = flat_config(saved), flat_config(config)
     return [
         f"{key}: started with {old.get(key)!r}, now {new.get(key)!r}"
         for key in sorted(set(old) | set(new))

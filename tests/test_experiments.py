@@ -256,4 +256,90 @@ def test_optimizers_command_runs_from_the_command_line(sources, tmp_path):
     assert set(summary) == {"sgd", "adam"}
     for name in ("sgd", "adam"):
         check_outputs(tmp_path / "run" / name, classifier=True, epochs=1)
-        assert f"{name:>9}: test_accuracy=" in result.stdout
+    # A header per member with its own learning rate, then the comparison table.
+    assert "=== sgd: sgd, learning rate 0.01\n" in result.stdout
+    assert "=== adam: adam, learning rate 0.001\n" in result.stdout
+    table = result.stdout.split("=== adam")[1]
+    assert "optimizer.name" in table and "optimizer.learning_rate" in table
+    assert "test_accuracy" in table
+
+
+def jaxnn_command(*args: str, tmp_path: Path, sources: Path) -> subprocess.CompletedProcess:
+    """The installed ``jaxnn`` console command, as a user types it."""
+    env = {
+        **os.environ,
+        "JAXNN_DATA_DIR": str(sources / "idx"),
+        "PYTHONPATH": str(REPO),
+        "JAXNN_COMPILATION_CACHE": "off",
+    }
+    jaxnn = Path(sys.executable).with_name("jaxnn")
+    assert jaxnn.exists(), "the jaxnn console command is not installed (pip install -e .)"
+    return subprocess.run(
+        [str(jaxnn), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_jaxnn_list_and_python_m_experiments_name_every_experiment(sources, tmp_path):
+    listed = jaxnn_command("list", tmp_path=tmp_path, sources=sources)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for name in EXPERIMENTS + ["optimizers"]:
+        assert f"  {name} " in listed.stdout
+    assert "[fashion_mnist]" in listed.stdout and "fault_drill" in listed.stdout
+    same = subprocess.run(
+        [sys.executable, "-m", "experiments"], cwd=REPO, capture_output=True, text=True
+    )
+    assert same.returncode == 0 and same.stdout == listed.stdout
+
+
+def test_help_lists_every_config_key_with_its_default_and_exits_0(sources, tmp_path):
+    from experiments import fashion_mnist_cnn
+    from jaxnn.confighelp import DESCRIPTIONS
+
+    result = cli(["--help"], tmp_path, sources)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: python -m experiments.fashion_mnist_mlp" in result.stdout
+    assert "--config.optimizer.learning_rate=0.001  (float)" in result.stdout
+    assert "--config.init_from.layers=unset" in result.stdout
+    for key in DESCRIPTIONS:
+        assert f"--config.{key}=" in result.stdout, key
+    # Every key of every experiment has its description.
+    for key in flat_keys(fashion_mnist_cnn.get_config()):
+        assert key in DESCRIPTIONS, key
+
+
+def flat_keys(config, prefix=""):
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_jaxnn_run_trains_like_python_m_and_compare_tabulates_runs(sources, tmp_path):
+    common = [
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+        "--config.epochs=1",
+        "--config.model.features=(8,)",
+        "--config.verbose=0",
+    ]
+    for lr in ("0.001", "0.01"):
+        result = jaxnn_command(
+            "run", "fashion_mnist_mlp", f"--workdir=lr{lr}",
+            f"--config.optimizer.learning_rate={lr}", *common, tmp_path=tmp_path, sources=sources,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        check_outputs(tmp_path / f"lr{lr}", classifier=True, epochs=1)
+    compared = jaxnn_command(
+        "compare", "lr0.001", "lr0.01", "--out=both.png", tmp_path=tmp_path, sources=sources
+    )
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    lines = compared.stdout.splitlines()
+    assert lines[0].split() == ["lr0.001", "lr0.01"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:] if line.strip()}
+    assert rows["optimizer.learning_rate"] == ["0.0010", "0.0100"]
+    assert "seed" not in rows  # only what differs, then the results
+    assert len(rows["test_accuracy"]) == 2 and rows["epochs_run"] == ["1", "1"]
+    assert mpimg.imread(tmp_path / "both.png").shape[0] > 100
+    typo = jaxnn_command("run", "fashion_mnist_mlp", "--config.epoch=2", tmp_path=tmp_path,
+                         sources=sources)  # fmt: skip
+    assert typo.returncode == 2 and "Did you mean --config.epochs?" in typo.stderr

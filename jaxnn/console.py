@@ -1,0 +1,127 @@
+"""The ``jaxnn`` command: find experiments, run them, compare runs, use a trained model.
+
+jaxnn list                              the experiments and the data each needs
+jaxnn run NAME [--workdir=...] [--config.<key>=<value> ...]   same as python -m experiments.NAME
+jaxnn compare WORKDIR... [--out=comparison.png]   settings that differ, results, curves
+jaxnn predict WORKDIR FILE...           classes and probabilities (images, .npy or .csv)
+jaxnn export WORKDIR OUT                the predict function as StableHLO (jax.export)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import runpy
+import sys
+
+__all__ = ["experiments", "main"]
+
+_USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def experiments() -> list[tuple[str, str, str]]:
+    """``(name, first docstring line, data)`` for each module of the ``experiments`` package;
+    data is ``"-"`` for tools (modules without ``get_config``)."""
+    import experiments as package
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"experiments.{info.name}")
+        line = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").split(". ")[0]
+        line = line if len(line) <= 90 else line[:87].rstrip() + "..."
+        data = module.get_config().dataset.name if hasattr(module, "get_config") else "-"
+        found.append((info.name, line, data))
+    return found
+
+
+def _list(_: argparse.Namespace) -> None:
+    rows = experiments()
+    width = max(len(name) for name, _, _ in rows)
+    print(
+        "Experiments (jaxnn run NAME, or python -m experiments.NAME; NAME --help lists its config):"
+    )
+    for name, line, data in rows:
+        if data != "-":
+            print(f"  {name:<{width}}  [{data}] {line}")
+    print("Tools:")
+    for name, line, data in rows:
+        if data == "-":
+            print(f"  {name:<{width}}  {line}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    names = [name for name, _, _ in experiments()]
+    if args.name not in names:
+        raise SystemExit(f"error: NAME: unknown experiment {args.name!r}; expected one of {names}")
+    sys.argv = [f"jaxnn run {args.name}", *args.rest]
+    runpy.run_module(f"experiments.{args.name}", run_name="__main__", alter_sys=True)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from jaxnn.compare import compare
+
+    table, png = compare(args.workdirs, args.out)
+    print(table)
+    if png is not None:
+        print(f"learning curves: {png}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from jaxnn.inference import load, read_inputs
+
+    model = load(args.workdir, which=args.which)
+    for path in args.files:
+        probabilities = model.predict(read_inputs(path, model))
+        for i, row in enumerate(probabilities):
+            print(f"{path}[{i}]: {model.describe(row)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from jaxnn.inference import export
+
+    written = export(args.workdir, args.out, which=args.which)
+    print(f"exported to {written}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxnn", description=_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the experiments").set_defaults(handler=_list)
+    run = commands.add_parser("run", help="run an experiment", add_help=False)
+    run.add_argument("name")
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run.set_defaults(handler=_run)
+    compare = commands.add_parser("compare", help="compare runs")
+    compare.add_argument("workdirs", nargs="+")
+    compare.add_argument("--out", default="comparison.png", help="the overlay plot")
+    compare.set_defaults(handler=_compare)
+    predict = commands.add_parser("predict", help="predict with a trained run")
+    predict.add_argument("workdir")
+    predict.add_argument("files", nargs="+")
+    predict.add_argument("--which", default="best", help="best | latest | a step")
+    predict.set_defaults(handler=_predict)
+    export = commands.add_parser("export", help="export a trained run with jax.export")
+    export.add_argument("workdir")
+    export.add_argument("out")
+    export.add_argument("--which", default="best", help="best | latest | a step")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``jaxnn`` console command (``[project.scripts]``)."""
+    args = _parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
