@@ -104,6 +104,18 @@ def load_image_folder(
     images, labels, class_names = read_image_folder(
         path, image_size=image_size, grayscale=grayscale, cache_dir=cache_dir
     )
+    return _split(images, labels, class_names, validation_split, test_split, seed)
+
+
+def _split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    validation_split: float,
+    test_split: float,
+    seed: int,
+) -> Splits:
+    """The test rows first (a permutation of all rows), then validation from the rest."""
     n = len(images)
     num_test = int(round(n * test_split))
     if test_split > 0 and not 0 < num_test < n:
