@@ -308,7 +308,8 @@ def _hw(size: tuple[int, int]) -> str:
 def _read_cache(file: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
     """The cached arrays, or None when there are none or they cannot be read."""
     try:
-        with np.load(file, allow_pickle=False) as cached:
+        # An open file, not a path: np.load leaks its own handle when the zip is damaged.
+        with open(file, "rb") as f, np.load(f, allow_pickle=False) as cached:
             images, labels = cached["images"], cached["labels"]
             class_names = tuple(str(name) for name in cached["class_names"])
     except FileNotFoundError:
