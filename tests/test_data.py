@@ -513,7 +513,7 @@ def test_load_splits_csv_and_unknown_names(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"dataset.name: unknown dataset 'mnsit'; expected one of \['mnist', "
-        r"'fashion_mnist', 'cifar10', 'regression', 'binary', 'csv'\]",
+        r"'fashion_mnist', 'cifar10', 'image_folder', 'regression', 'binary', 'csv'\]",
     ):
         data.load_splits(dataset_config(name="mnsit"), seed=0)
 

@@ -1,7 +1,9 @@
 """Datasets through tensorflow-datasets without TensorFlow, preprocessing and augmentation.
 
-``load(name, split)`` gives numpy arrays of MNIST, Fashion-MNIST or CIFAR-10; ``augment`` runs
-on device inside the train step; tabular helpers split and standardise on the training split;
+``load(name, split)`` gives numpy arrays of MNIST, Fashion-MNIST or CIFAR-10;
+``load_image_folder(path)`` reads a folder of class folders of PNG/JPEG images into ``Splits``
+(decoded once, then cached in ``<path>/.jaxnn_cache``); ``augment`` runs on device inside the
+train step; tabular helpers split and standardise on the training split;
 ``load_splits(config.dataset, seed)`` is an experiment's whole dataset as ``Splits``.
 
 Environment: ``JAXNN_TFDS_DIR`` (prepared tfds data, default ~/tensorflow_datasets),
@@ -15,9 +17,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from jaxnn.data.augment import AugmentConfig, augment, default_augment_options
+from jaxnn.data.folders import load_image_folder, read_image_folder
 from jaxnn.data.preprocess import channel_stats, normalize, to_float, train_validation_split
 from jaxnn.data.sources import DataError
-from jaxnn.data.splits import IMAGE_DATASETS, TABULAR_DATASETS, load_splits
+from jaxnn.data.splits import (
+    DATASETS,
+    FOLDER_DATASETS,
+    IMAGE_DATASETS,
+    TABULAR_DATASETS,
+    load_splits,
+)
 from jaxnn.data.tabular import (
     Splits,
     from_arrays,
@@ -51,6 +60,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUILDERS",
+    "DATASETS",
+    "FOLDER_DATASETS",
     "IMAGE_DATASETS",
     "TABULAR_DATASETS",
     "AugmentConfig",
@@ -64,11 +75,13 @@ __all__ = [
     "from_arrays",
     "load",
     "load_csv",
+    "load_image_folder",
     "load_splits",
     "make_classification",
     "make_regression",
     "normalize",
     "prepare",
+    "read_image_folder",
     "to_float",
     "train_validation_split",
 ]

@@ -2,9 +2,11 @@
 
 ``load_splits(config.dataset, config.seed)`` is what the runner calls; the config keys are
 ``name``, ``data_dir``, ``source_dir``, ``validation_split``, ``normalization``, ``limit_train``,
-``limit_test`` (image datasets) and ``num_examples``, ``num_features``, ``noise``, ``test_split``,
-``csv_path``, ``target`` (tabular ones). The image builders (and so tensorflow_datasets) are
-imported only when an image dataset is asked for.
+``limit_test`` (image datasets), ``path``, ``image_size``, ``grayscale``, ``cache_dir``,
+``test_split`` (``image_folder``: a folder of class folders, see ``folders.load_image_folder``)
+and ``num_examples``, ``num_features``, ``noise``, ``test_split``, ``csv_path``, ``target``
+(tabular ones). The image builders (and so tensorflow_datasets) are imported only when an image
+dataset is asked for.
 """
 
 from __future__ import annotations
@@ -12,31 +14,57 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jaxnn.data import preprocess, tabular
+from jaxnn.data import folders, preprocess, tabular
 from jaxnn.data.tabular import Splits
 
-__all__ = ["IMAGE_DATASETS", "NORMALIZATIONS", "TABULAR_DATASETS", "check_dataset", "load_splits"]
+__all__ = [
+    "DATASETS",
+    "FOLDER_DATASETS",
+    "IMAGE_DATASETS",
+    "NORMALIZATIONS",
+    "TABULAR_DATASETS",
+    "check_dataset",
+    "load_splits",
+]
 
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # the tfds builders' datasets
+FOLDER_DATASETS = ("image_folder",)  # your images: dataset.path/<class_name>/*.png|jpg|jpeg
 TABULAR_DATASETS = ("regression", "binary", "csv")
+DATASETS = IMAGE_DATASETS + FOLDER_DATASETS + TABULAR_DATASETS
 NORMALIZATIONS = ("scale", "standardize")
 
 
 def check_dataset(cfg: Any) -> None:
-    """Checks a ``dataset`` block's name and normalisation (before anything is loaded).
+    """Checks a ``dataset`` block's name and normalisation, and for ``image_folder`` its ``path``,
+    ``image_size`` and ``grayscale`` (before anything is loaded).
 
     Raises:
-      ValueError: an unknown ``name`` or ``normalization``, listing the known ones.
+      ValueError: an unknown ``name`` or ``normalization``, listing the known ones; an
+        ``image_folder`` without ``path`` or with a bad ``image_size`` or ``grayscale``.
+
+    Example::
+
+        check_dataset(config.dataset)
     """
-    if cfg.name not in IMAGE_DATASETS + TABULAR_DATASETS:
+    if cfg.name not in DATASETS:
         raise ValueError(
-            f"dataset.name: unknown dataset {cfg.name!r}; expected one of "
-            f"{list(IMAGE_DATASETS + TABULAR_DATASETS)}"
+            f"dataset.name: unknown dataset {cfg.name!r}; expected one of {list(DATASETS)}"
         )
     if cfg.normalization not in NORMALIZATIONS:
         raise ValueError(
             f"dataset.normalization: expected 'scale' or 'standardize'; got {cfg.normalization!r}"
         )
+    if cfg.name in FOLDER_DATASETS:
+        if not cfg.path:
+            raise ValueError(
+                f"dataset.path: expected a folder of class folders for dataset.name={cfg.name!r}; "
+                f"got {cfg.path!r}"
+            )
+        folders.check_image_size(cfg.image_size, "dataset.image_size")
+        if cfg.grayscale not in (None, True, False):
+            raise ValueError(
+                f"dataset.grayscale: expected None, True or False; got {cfg.grayscale!r}"
+            )
 
 
 def load_splits(cfg: Any, seed: int) -> Splits:
@@ -46,7 +74,10 @@ def load_splits(cfg: Any, seed: int) -> Splits:
     examples when those are > 0), scaled to [0, 1], a validation set carved out of train by
     ``train_validation_split(x, y, validation_split, seed)``, and, with
     ``normalization="standardize"``, every split standardised per channel with the training
-    split's statistics (``mean``/``std``). Tabular datasets: ``make_regression`` /
+    split's statistics (``mean``/``std``). ``image_folder``: ``load_image_folder(path,
+    image_size=, grayscale=, validation_split=, test_split=, seed=seed, cache_dir=)`` (an empty
+    ``cache_dir`` is the default ``<path>/.jaxnn_cache``), standardised the same way when asked.
+    Tabular datasets: ``make_regression`` /
     ``make_classification`` with ``seed`` or ``load_csv``, split by ``from_arrays``.
 
     Args:
@@ -66,9 +97,10 @@ def load_splits(cfg: Any, seed: int) -> Splits:
         trainer.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val))
     """
     check_dataset(cfg)
-    if cfg.name in IMAGE_DATASETS:
-        return _image_splits(cfg, seed)
-    return _tabular_splits(cfg, seed)
+    if cfg.name in TABULAR_DATASETS:
+        return _tabular_splits(cfg, seed)
+    splits = _image_splits(cfg, seed) if cfg.name in IMAGE_DATASETS else _folder_splits(cfg, seed)
+    return _standardize(splits) if cfg.normalization == "standardize" else splits
 
 
 def _image_splits(cfg: Any, seed: int) -> Splits:
@@ -87,11 +119,6 @@ def _image_splits(cfg: Any, seed: int) -> Splits:
         x, y, x_val, y_val = preprocess.train_validation_split(x, y, cfg.validation_split, seed)
     else:
         x_val = y_val = None
-    mean = std = None
-    if cfg.normalization == "standardize":
-        mean, std = preprocess.channel_stats(x)
-        x, x_test = preprocess.normalize(x, mean, std), preprocess.normalize(x_test, mean, std)
-        x_val = preprocess.normalize(x_val, mean, std) if x_val is not None else None
     return Splits(
         x_train=x,
         y_train=y,
@@ -99,9 +126,33 @@ def _image_splits(cfg: Any, seed: int) -> Splits:
         y_val=y_val,
         x_test=x_test,
         y_test=y_test,
+        class_names=tuple(builders.class_names(name)),
+    )
+
+
+def _folder_splits(cfg: Any, seed: int) -> Splits:
+    return folders.load_image_folder(
+        cfg.path,
+        image_size=cfg.image_size,
+        grayscale=cfg.grayscale,
+        validation_split=cfg.validation_split,
+        test_split=cfg.test_split,
+        seed=seed,
+        cache_dir=cfg.cache_dir or None,
+    )
+
+
+def _standardize(splits: Splits) -> Splits:
+    """Every image split standardised per channel with the TRAINING split's statistics."""
+    mean, std = preprocess.channel_stats(splits.x_train)
+    x_val = splits.x_val
+    return dataclasses.replace(
+        splits,
+        x_train=preprocess.normalize(splits.x_train, mean, std),
+        x_val=preprocess.normalize(x_val, mean, std) if x_val is not None else None,
+        x_test=preprocess.normalize(splits.x_test, mean, std),
         mean=mean,
         std=std,
-        class_names=tuple(builders.class_names(name)),
     )
 
 
