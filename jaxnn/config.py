@@ -17,12 +17,11 @@ from ml_collections import config_dict
 
 from jaxnn import inputs, losses, models, optim
 from jaxnn.data.augment import AugmentConfig, default_augment_options
-from jaxnn.data.splits import IMAGE_DATASETS, TABULAR_DATASETS, check_dataset
+from jaxnn.data.splits import DATASETS, check_dataset
 
 __all__ = ["DATASETS", "base_config", "build_model", "check", "optimizer_config"]
 
 ConfigDict = ml_collections.ConfigDict
-DATASETS = IMAGE_DATASETS + TABULAR_DATASETS
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -84,6 +83,10 @@ def _dataset_config() -> ConfigDict:
             "test_split": 0.2,
             "csv_path": "",
             "target": "target",
+            "path": "",  # image_folder: a folder with one sub-folder of images per class
+            "image_size": config_dict.placeholder(tuple),  # image_folder: (height, width)
+            "grayscale": config_dict.placeholder(bool),  # image_folder: unset = as the files are
+            "cache_dir": "",  # image_folder: decoded-image cache; empty = <path>/.jaxnn_cache
         }
     )
 

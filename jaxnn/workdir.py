@@ -56,7 +56,14 @@ OUTPUTS = (
     "tensorboard",
 )
 # Keys that may change between the starts of one run: they do not change what is trained.
-UNTRAINED_KEYS = ("fresh", "extend", "verbose", "dataset.data_dir", "dataset.source_dir")
+UNTRAINED_KEYS = (
+    "fresh",
+    "extend",
+    "verbose",
+    "dataset.data_dir",
+    "dataset.source_dir",
+    "dataset.cache_dir",
+)
 
 
 class WorkdirBusyError(RuntimeError):
@@ -144,13 +151,18 @@ def _check_same_config(workdir: Path, config: dict[str, Any]) -> None:
 
 
 def _upgraded(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config.json written before unset values were None reads as it would be written now."""
-    if saved.get("steps_per_dispatch") == 0:
-        saved["steps_per_dispatch"] = None
-    init_from = saved.get("init_from") or {}
-    if init_from.get("layers") == [""]:
-        init_from["layers"] = None
-    return saved
+    """A config.json written by an earlier jaxnn, read as it would be written now: keys added
+    since take their defaults, and unset values that were 0 or ("",) are None."""
+    from jaxnn.config import base_config
+
+    flat = flat_config(saved)
+    for key, value in flat_config(json.loads(base_config().to_json())).items():
+        flat.setdefault(key, value)
+    if flat.get("steps_per_dispatch") == 0:
+        flat["steps_per_dispatch"] = None
+    if flat.get("init_from.layers") == [""]:
+        flat["init_from.layers"] = None
+    return flat
 
 
 def _extend(workdir: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
