@@ -67,7 +67,7 @@ def _loop_attribute(name: str, doc: str) -> property:
 
 def _variables_property() -> property:
     """``Trainer.variables``: read, and assigned (e.g. a checkpoint's) without touching the
-    optimizer state; the checks and the placement are ``jaxnn.inputs.with_variables``'."""
+    optimizer state; the checks and the placement are ``jaxnn.inputs.with_variables``'s."""
 
     def get(self: Trainer) -> dict[str, Any]:
         if self.state is None:
