@@ -1,12 +1,14 @@
 """jaxnn: a small, fast, functional deep-learning toolkit on JAX, Flax and Optax.
 
 The pieces stay usable on their own (``models``, ``losses``, ``metrics``, ``optim``, ``step``);
-``Trainer`` puts them together Keras-style. ``jaxnn.data`` (datasets through tensorflow-datasets,
+``Trainer`` puts them together Keras-style; ``load(workdir)`` gives a trained run's model back
+(``jaxnn.inference``, which also exports it). ``jaxnn.data`` (datasets through tensorflow-datasets,
 without TensorFlow) is imported on demand.
 """
 
-from jaxnn import callbacks, losses, metrics, models, optim, state, step
+from jaxnn import callbacks, inference, losses, metrics, models, optim, state, step
 from jaxnn.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from jaxnn.inference import LoadedModel, load
 from jaxnn.loop import TrainLoop
 from jaxnn.models import CNN, MLP
 from jaxnn.state import TrainState, create_train_state
@@ -19,6 +21,7 @@ __all__ = [
     "MLP",
     "Callback",
     "EarlyStopping",
+    "LoadedModel",
     "ReduceLROnPlateau",
     "TrainLoop",
     "TrainState",
@@ -26,6 +29,8 @@ __all__ = [
     "TrainingDivergedError",
     "callbacks",
     "create_train_state",
+    "inference",
+    "load",
     "losses",
     "metrics",
     "models",

@@ -18,7 +18,7 @@ from jaxnn import losses as losses_lib
 from jaxnn import metrics as metrics_lib
 from jaxnn import optim
 from jaxnn.callbacks import Callback
-from jaxnn.sharding import aligned_empty
+from jaxnn.sharding import aligned_empty, put_global
 
 __all__ = [
     "ModelInputs",
@@ -27,6 +27,7 @@ __all__ = [
     "check_optimizer",
     "check_validation_split",
     "training_arrays",
+    "with_variables",
 ]
 
 
@@ -244,3 +245,74 @@ def training_arrays(
 
     x, y, x_val, y_val = train_validation_split(x, y, validation_split, seed)
     return (x, y), (x_val, y_val)
+
+
+def _leaf_description(leaf: Any) -> str:
+    dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+    return f"{np.dtype(dtype).name}{list(np.shape(leaf))}"
+
+
+def _structure_mismatch(live_leaves: list, new_leaves: list) -> str:
+    """The first path (in the model's order) where two trees of variables differ, described."""
+    new = {jax.tree_util.keystr(path): leaf for path, leaf in new_leaves}
+    live = {jax.tree_util.keystr(path): leaf for path, leaf in live_leaves}
+    for path, leaf in live.items():
+        if path not in new:
+            return f"variables{path}: expected {_leaf_description(leaf)}; got nothing"
+    for path, leaf in new.items():
+        if path not in live:
+            return (
+                f"variables{path}: expected nothing (the model has no such variable); got "
+                f"{_leaf_description(leaf)}"
+            )
+    return "variables: expected the model's tree structure; got another one with the same paths"
+
+
+def _leaf_description(leaf: Any) -> str:
+    return f"{np.dtype(leaf.dtype).name}{list(np.shape(leaf))}"
+
+
+def with_variables(state: Any, variables: Any) -> Any:
+    """``state`` (a ``jaxnn.TrainState``) with its params and batch_stats replaced by
+    ``variables`` (``{"params": ..., "batch_stats": ...}``; ``batch_stats`` may be left out when
+    the state has none), each new leaf checked against the live one and placed with its sharding
+    (``jaxnn.sharding.put_global``); the optimizer state, step and key stay as they are.
+
+    Raises:
+      RuntimeError: ``state`` is None (the Trainer has not been initialised).
+      ValueError: keys, tree structure, a shape or a dtype that differ, naming the first path.
+
+    Example::
+
+        state = with_variables(trainer.state, jaxnn.checkpoint.restore(workdir, "best"))
+    """
+    if state is None:
+        raise RuntimeError(
+            "variables: the Trainer has no state yet: call initialize(x[:1], steps_per_epoch=1) "
+            "or fit() before assigning variables"
+        )
+    if not isinstance(variables, Mapping):
+        raise ValueError(
+            "variables: expected a dict {'params': ..., 'batch_stats': ...}; got "
+            f"{type(variables).__name__}"
+        )
+    live = {"params": state.params, "batch_stats": state.batch_stats}
+    new = {"params": variables.get("params"), "batch_stats": variables.get("batch_stats") or {}}
+    if set(variables) - set(live) or "params" not in variables:
+        raise ValueError(
+            f"variables: expected the keys ['params', 'batch_stats']; got {sorted(variables)}"
+        )
+    live_leaves, live_tree = jax.tree_util.tree_flatten_with_path(live)
+    new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(new)
+    if live_tree != new_tree:
+        raise ValueError(_structure_mismatch(live_leaves, new_leaves))
+    placed = []
+    for (path, old), (_, leaf) in zip(live_leaves, new_leaves, strict=True):
+        if _leaf_description(leaf) != _leaf_description(old):
+            raise ValueError(
+                f"variables{jax.tree_util.keystr(path)}: expected {_leaf_description(old)}; "
+                f"got {_leaf_description(leaf)}"
+            )
+        placed.append(put_global(np.asarray(leaf), old.sharding))
+    replaced = jax.tree_util.tree_unflatten(live_tree, placed)
+    return state.replace(params=replaced["params"], batch_stats=replaced["batch_stats"])

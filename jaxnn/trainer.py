@@ -65,6 +65,33 @@ def _loop_attribute(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
+def _variables_property() -> property:
+    """``Trainer.variables``: read, and assigned (e.g. a checkpoint's) without touching the
+    optimizer state; the checks and the placement are ``jaxnn.inputs.with_variables``'s."""
+
+    def get(self: Trainer) -> dict[str, Any]:
+        if self.state is None:
+            raise RuntimeError("The model has no variables yet: call fit() first.")
+        return self.state.variables
+
+    def set_(self: Trainer, variables: Mapping[str, Any]) -> None:
+        self.state = inputs.with_variables(self.state, variables)
+
+    doc = """The model variables (params and batch_stats) for ``model.apply``; assignable.
+
+    Assigning ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` may be left out when the
+    model has none) replaces the state's params and batch_stats, each leaf checked against the
+    live one (structure, shape, dtype) and placed with its sharding; the optimizer state and the
+    step count stay. Needs the state: call ``initialize()`` or ``fit()`` first.
+
+    Example::
+
+        trainer.initialize(x[:1], steps_per_epoch=1)
+        trainer.variables = jaxnn.checkpoint.restore(workdir, "best")
+    """
+    return property(get, set_, doc=doc)
+
+
 class Trainer:
     """Trains a Flax Linen model with an optax optimizer, Keras-style.
 
@@ -98,6 +125,7 @@ class Trainer:
     position = _loop_attribute("position", "Steps done inside the current epoch.")
     steps_per_epoch = _loop_attribute("steps_per_epoch", "Steps per epoch of the current fit.")
     stop_training = _loop_attribute("stop_training", "Set True to stop after this epoch.")
+    variables = _variables_property()
 
     def __init__(
         self,
@@ -185,13 +213,6 @@ class Trainer:
             return min(int(self.steps_per_dispatch), num_steps)
         convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(self.state.params))
         return 1 if convolutional else min(32, num_steps)
-
-    @property
-    def variables(self) -> dict[str, Any]:
-        """The model variables (params and batch_stats) for ``model.apply``."""
-        if self.state is None:
-            raise RuntimeError("The model has no variables yet: call fit() first.")
-        return self.state.variables
 
     def empty_train_metrics(self) -> dict[str, Any]:
         """An empty train accumulator replicated over the mesh (a mid-epoch restore's template)."""
