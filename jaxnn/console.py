@@ -14,6 +14,9 @@ import importlib
 import pkgutil
 import runpy
 import sys
+from pathlib import Path
+
+import numpy as np
 
 __all__ = ["experiments", "main"]
 
@@ -69,14 +72,55 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"learning curves: {png}")
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from jaxnn.inference import load, read_inputs
+def _raw_inputs(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A file's examples as float32 in the dataset's raw units: an image (resized to ``shape``),
+    or the rows of a ``.npy`` / ``.csv`` file (one example, or a batch of them)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from PIL import Image
 
-    model = load(args.workdir, which=args.which)
+        with Image.open(path) as image:
+            image = image.convert("L" if shape[-1] == 1 else "RGB").resize((shape[1], shape[0]))
+            return np.asarray(image, np.float32).reshape((1, *shape))
+    if suffix == ".npy":
+        array = np.load(path).astype(np.float32)
+    elif suffix == ".csv":
+        array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)
+    else:
+        raise ValueError(f"FILE: expected an image (.png, .jpg), .npy or .csv; got {path!r}")
+    if array.size % int(np.prod(shape)):
+        raise ValueError(f"FILE: expected examples of shape {shape}; got {array.shape} in {path}")
+    return array.reshape((-1, *shape))
+
+
+def _prepared(raw: np.ndarray, steps: dict) -> np.ndarray:
+    """What the run's model saw: ``jaxnn.inference.preprocessing``'s steps applied."""
+    x = raw / np.float32(255) if "scale" in steps else raw
+    if "mean" in steps:
+        x = (x - np.asarray(steps["mean"], np.float32)) / np.asarray(steps["std"], np.float32)
+    return x.astype(np.float32)
+
+
+def _describe(row: np.ndarray, loaded) -> str:
+    if loaded.loss.task == "regression":
+        return "value " + ", ".join(f"{v:.4g}" for v in row)
+    if row.shape[0] == 1:  # binary: the probability of class 1
+        names = loaded.class_names or ("0", "1")
+        return f"{names[int(row[0] > 0.5)]} (p={row[0]:.4f} for {names[1]})"
+    names = loaded.class_names or tuple(str(i) for i in range(row.shape[0]))
+    top = np.argsort(row)[::-1][:3]
+    return ", ".join(f"{names[i]} {row[i]:.4f}" for i in top)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from jaxnn.inference import load, preprocessing
+
+    loaded = load(args.workdir, which=args.which)
+    steps = preprocessing(loaded.config)
     for path in args.files:
-        probabilities = model.predict(read_inputs(path, model))
+        probabilities = loaded.predict(_prepared(_raw_inputs(path, loaded.input_shape), steps))
         for i, row in enumerate(probabilities):
-            print(f"{path}[{i}]: {model.describe(row)}")
+            print(f"{path}[{i}]: {_describe(row, loaded)}")
 
 
 def _export(args: argparse.Namespace) -> None:

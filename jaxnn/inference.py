@@ -164,12 +164,13 @@ def load(workdir: str | Path, which: int | str = "best") -> LoadedModel:
     loss = losses_lib.get(config["loss"])
     model_config = ml_collections.ConfigDict(config["model"])
     model = build_model(model_config, _num_outputs(variables["params"]))
+    input_shape, class_names = _dataset_info(config["dataset"], variables["params"])
     return LoadedModel(
         model=model,
         variables=variables,
         loss=loss,
-        class_names=_class_names(config["dataset"]["name"]),
-        input_shape=_input_shape(config["dataset"]["name"], variables["params"]),
+        class_names=class_names,
+        input_shape=input_shape,
         config=config,
     )
 
@@ -204,22 +205,28 @@ def _num_outputs(params: dict[str, Any]) -> int:
     return int(params[dense[-1]]["kernel"].shape[-1])
 
 
-def _input_shape(dataset: str, params: dict[str, Any]) -> tuple[int, ...]:
-    from jaxnn.data.sources import DATASETS  # the image datasets' shapes and class names
-
-    if dataset in DATASETS:
-        return tuple(DATASETS[dataset].shape)
-    return (int(params[_dense_layers(params)[0]]["kernel"].shape[0]),)
-
-
-def _class_names(dataset: str) -> tuple[str, ...]:
-    # jaxnn.data.sources owns the names (builders.class_names reads them there), and importing
-    # it does not import tensorflow_datasets.
+def _dataset_info(dataset: dict[str, Any], params: dict[str, Any]) -> tuple[tuple, tuple]:
+    """``(example shape, class names)`` of the run's dataset."""
+    # jaxnn.data.sources owns the image datasets' shapes and names (builders.class_names reads
+    # them there), and importing it does not import tensorflow_datasets.
     from jaxnn.data.sources import DATASETS
 
-    if dataset in DATASETS:
-        return tuple(DATASETS[dataset].class_names)
-    return ("0", "1") if dataset == "binary" else ()
+    name = dataset["name"]
+    if name in DATASETS:
+        return tuple(DATASETS[name].shape), tuple(DATASETS[name].class_names)
+    if name == "image_folder":  # the folder's cached decoding says both
+        from jaxnn.data.folders import read_image_folder
+
+        size = dataset.get("image_size")
+        images, _, names = read_image_folder(
+            dataset["path"],
+            image_size=tuple(size) if size else None,
+            grayscale=dataset.get("grayscale"),
+            cache_dir=dataset.get("cache_dir") or None,
+        )
+        return tuple(images.shape[1:]), tuple(names)
+    features = (int(params[_dense_layers(params)[0]]["kernel"].shape[0]),)
+    return features, ("0", "1") if name == "binary" else ()
 
 
 def export(
@@ -318,7 +325,7 @@ def preprocessing(config: dict[str, Any]) -> dict[str, Any]:
 
     dataset = config["dataset"]
     steps: dict[str, Any] = {"normalization": dataset.get("normalization", "scale")}
-    image = dataset["name"] in DATASETS
+    image = dataset["name"] in DATASETS or dataset["name"] == "image_folder"
     if image:
         # to_float divides: x * scale can differ from x / 255 in the last bit.
         steps.update(scale=1 / 255, formula="x = float32(raw uint8 image) / 255")

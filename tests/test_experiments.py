@@ -343,3 +343,38 @@ def test_jaxnn_run_trains_like_python_m_and_compare_tabulates_runs(sources, tmp_
     typo = jaxnn_command("run", "fashion_mnist_mlp", "--config.epoch=2", tmp_path=tmp_path,
                          sources=sources)  # fmt: skip
     assert typo.returncode == 2 and "Did you mean --config.epochs?" in typo.stderr
+
+
+def test_jaxnn_predict_and_export_use_a_trained_run(sources, tmp_path):
+    from PIL import Image
+
+    import jaxnn
+
+    data_dir = f"--config.dataset.data_dir={tmp_path / 'tfds'}"
+    trained = jaxnn_command(
+        "run", "fashion_mnist_mlp", "--workdir=run", data_dir, "--config.epochs=1", "--config.model.features=(8,)", "--config.verbose=0",
+        tmp_path=tmp_path, sources=sources,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    raw = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    Image.fromarray(raw[0]).save(tmp_path / "one.png")
+    np.save(tmp_path / "three.npy", raw)
+    result = jaxnn_command("predict", "run", "one.png", "three.npy", tmp_path=tmp_path,
+                           sources=sources)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "one.png[0]",
+        *(f"three.npy[{i}]" for i in range(3)),
+    ]
+    loaded = jaxnn.load(tmp_path / "run")
+    expected = loaded.predict((raw / np.float32(255))[..., None])
+    for line, row in zip(lines[1:], expected, strict=True):
+        top = int(np.argmax(row))
+        assert line.split(": ")[1].startswith(f"{loaded.class_names[top]} {row[top]:.4f}")
+    assert lines[0].split(": ")[1] == lines[1].split(": ")[1]  # the PNG is three.npy's first
+    exported = jaxnn_command("export", "run", "exported", tmp_path=tmp_path, sources=sources)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "exported" / "model.stablehlo").stat().st_size > 0
+    description = json.loads((tmp_path / "exported" / "model.json").read_text())
+    assert description["class_names"] == list(loaded.class_names)
