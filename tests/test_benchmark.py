@@ -296,13 +296,14 @@ def test_data_benchmark_reports_pipeline_and_training_throughput():
 
 def test_profile_step_lists_the_ops_of_a_traced_epoch(tmp_path):
     command = [sys.executable, "-m", "experiments.profile_step", "--workload", "mlp"]
-    command += ["--steps", "3", "--top", "4", "--out-dir", str(tmp_path)]
+    command += ["--steps", "3", "--top", "30", "--out-dir", str(tmp_path)]
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("mlp, jaxnn compiler options"), lines
     assert "ms per step" in lines[1] and "cores busy" in lines[1], lines
     ops = [line for line in lines[2:] if " ms  " in line]
-    assert len(ops) == 4, lines  # --top 4, and a 3-step MLP epoch runs more ops than that
-    assert any("dot_general" in line for line in ops), ops  # named from the optimised HLO
+    assert len(ops) == 30, lines  # --top 30, and a 3-step MLP epoch runs more ops than that
+    # Named from the optimised HLO; among 30 ops even when a busy machine reorders the top few.
+    assert any("dot_general" in line for line in ops), ops
     assert list(tmp_path.joinpath("trace").rglob("*.xplane.pb"))

@@ -352,8 +352,8 @@ def test_jaxnn_predict_and_export_use_a_trained_run(sources, tmp_path):
 
     data_dir = f"--config.dataset.data_dir={tmp_path / 'tfds'}"
     trained = jaxnn_command(
-        "run", "fashion_mnist_mlp", "--workdir=run", data_dir, "--config.epochs=1", "--config.model.features=(8,)", "--config.verbose=0",
-        tmp_path=tmp_path, sources=sources,
+        "run", "fashion_mnist_mlp", "--workdir=run", data_dir, "--config.epochs=1",
+        "--config.model.features=(8,)", "--config.verbose=0", tmp_path=tmp_path, sources=sources,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-2000:]
     raw = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
