@@ -241,6 +241,7 @@ def plot_learning_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     keys = ["loss"] + ([metric] if metric and metric in history else [])
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
@@ -250,6 +251,7 @@ def plot_learning_curves(
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s-", label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs 1, 2, 3; never 1.25
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -266,7 +268,9 @@ def plot_confusion_matrix(
     path: str | os.PathLike,
     title: str = "",
 ) -> np.ndarray:
-    """Counts of (true, predicted) pairs as an annotated heat map; returns the matrix."""
+    """Counts of (true, predicted) pairs as an annotated heat map with a colour bar; returns the
+    matrix. ``title`` should say which split it shows (``jaxnn.run`` writes "<name> — test
+    split, N examples")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +280,8 @@ def plot_confusion_matrix(
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.6 * k))
-    ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="examples")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
