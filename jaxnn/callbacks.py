@@ -13,10 +13,12 @@ a checkpoint can hold it and a resumed run continues exactly.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import numpy as np
@@ -38,7 +40,9 @@ __all__ = [
     "ReduceLROnPlateau",
     "StopRequest",
     "TensorBoardLogger",
+    "close_progress_bars",
     "format_logs",
+    "format_value",
 ]
 
 
@@ -71,28 +75,55 @@ class Callback:
         """Restores what ``state_dict`` returned."""
 
 
+def format_value(key: str, value: float) -> str:
+    """One logged or summary value for people: counts and rates with thousands separators
+    (``23,320``), times to 0.1 s, the learning rate to 4 significant digits, everything else
+    (losses, metrics) with 4 decimals (``0.9011``, ``23,320.5000``) — never ``2.332e+04``."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    if key == "learning_rate":
+        return f"{value:.4g}"
+    if key.endswith("_per_s"):
+        return f"{value:,.0f}"
+    if key.endswith("_time_s"):
+        return f"{value:,.1f}"
+    return f"{value:,.4f}"
+
+
 def format_logs(logs: dict[str, float]) -> str:
     """``loss: 0.3012 - accuracy: 0.9011 - ...`` in Keras' style, skipping the epoch time."""
-    parts = []
-    for key, value in logs.items():
-        if key.endswith("_time_s"):
-            continue
-        parts.append(f"{key}: {value:.4g}" if key == "learning_rate" else f"{key}: {value:.4f}")
+    parts = [f"{k}: {format_value(k, v)}" for k, v in logs.items() if not k.endswith("_time_s")]
     return " - ".join(parts)
+
+
+# A terminal that reports 0 columns (some containers, CI ttys) would get an empty bar from tqdm.
+_FALLBACK_COLUMNS = 80
+
+
+def _terminal_columns(stream: Any) -> int | None:
+    """The width of the terminal behind ``stream``; None when it cannot be asked."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class ProgressLogger(Callback):
     """A progress bar per epoch on a terminal, and one line per epoch everywhere.
 
-    The bar refreshes at most every ``refresh_s`` seconds, and only then fetches the running
-    metrics from the device. Output that is not a terminal stays line-based.
+    The bar counts every dispatch (host-side, no device sync) and draws at most every
+    ``refresh_s`` seconds; the running metrics are fetched from the device only every
+    ``refresh_s``. After a mid-epoch resume the bar starts at the resumed step and its rate and
+    ETA count only the steps run since. Output that is not a terminal stays line-based.
 
     Args:
       steps_per_epoch: the bar's length.
       epochs: the total shown as ``Epoch i/epochs`` (``None`` shows only ``i``).
-      refresh_s: minimum time between bar refreshes.
+      refresh_s: minimum time between bar redraws and metric fetches.
       stream: where to write (stderr by default, like tqdm).
     """
+
+    _open: ClassVar[weakref.WeakSet] = weakref.WeakSet()  # for close_progress_bars
 
     def __init__(
         self,
@@ -109,42 +140,68 @@ class ProgressLogger(Callback):
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar = None
         self._last = 0.0
+        ProgressLogger._open.add(self)
 
     def on_epoch_begin(self, loop: TrainLoop, epoch: int) -> None:
         self._last = time.perf_counter()
-        if self.interactive:
-            from tqdm import tqdm
+        if not self.interactive:
+            return
+        from tqdm import tqdm
 
-            total = f"/{self.epochs}" if self.epochs else ""
-            self._bar = tqdm(
-                total=self.steps_per_epoch,
-                desc=f"Epoch {epoch + 1}{total}",
-                file=self.stream,
-                leave=False,
-                mininterval=self.refresh_s,
-                dynamic_ncols=True,
-            )
+        self.close()
+        total = f"/{self.epochs}" if self.epochs else ""
+        columns = _terminal_columns(self.stream)
+        self._bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=loop.position,  # a resumed epoch: the rate counts this process's steps only
+            desc=f"Epoch {epoch + 1}{total}",
+            file=self.stream,
+            leave=False,
+            mininterval=self.refresh_s,
+            miniters=1,  # tqdm's adaptive stride would skip redraws after a slow first step
+            ncols=_FALLBACK_COLUMNS if columns == 0 else None,
+            dynamic_ncols=columns != 0,
+        )
 
     def on_dispatch_end(self, loop: TrainLoop, steps_done: int, metrics: dict[str, Any]) -> None:
         if self._bar is None:
             return
         now = time.perf_counter()
-        if now - self._last < self.refresh_s and steps_done < self.steps_per_epoch:
-            return
-        self._last = now
+        if now - self._last >= self.refresh_s or steps_done >= self.steps_per_epoch:
+            self._last = now
+            self._bar.set_postfix(self._postfix(loop, metrics), refresh=False)
+        self._bar.update(steps_done - self._bar.n)  # redraws when mininterval has passed
+
+    @staticmethod
+    def _postfix(loop: TrainLoop, metrics: dict[str, Any]) -> dict[str, str]:
+        """The running metrics (one device fetch) and the learning rate, when there is one."""
         shown = {k: v for k, v in split_train_metrics(metrics)[0].items() if k != "grad_norm"}
         values = metrics_lib.compute_collection(shown)
-        values["lr"] = float(optim.current_learning_rate(loop.state.opt_state))
-        self._bar.n = steps_done
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=True)
+        learning_rate = float(optim.current_learning_rate(loop.state.opt_state))
+        if not math.isnan(learning_rate):  # a plain optax transformation injects no rate
+            values["lr"] = learning_rate
+        return {k: f"{v:.4g}" for k, v in values.items()}
 
-    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
+    def close(self) -> None:
+        """Closes the current bar, clearing its line, so what is written next starts at the
+        beginning of a line; nothing when no bar is open."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
+        self.close()
         total = f"/{self.epochs}" if self.epochs else ""
         line = f"Epoch {epoch + 1}{total} - {logs['epoch_time_s']:.1f}s - {format_logs(logs)}"
         print(line, file=self.stream, flush=True)
+
+
+def close_progress_bars() -> None:
+    """Closes every ``ProgressLogger`` bar still open, so a message printed next starts on a
+    fresh line: call it when training stops by an exception (``KeyboardInterrupt``), which skips
+    the epoch's end that would close the bar."""
+    for logger in list(ProgressLogger._open):
+        logger.close()
 
 
 def _improved(mode: str, current: float, best: float, min_delta: float) -> bool:

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from jaxnn import sharding
-from jaxnn.callbacks import StopRequest
+from jaxnn.callbacks import StopRequest, close_progress_bars
 from jaxnn.checkpoint import CheckpointError
 from jaxnn.run import run
 from jaxnn.workdir import WorkdirBusyError
@@ -203,6 +203,7 @@ def main(
         try:
             _train(runner, stop)
         except KeyboardInterrupt:
+            close_progress_bars()  # the message starts on a line of its own
             _interrupted(flags.FLAGS.workdir)
         except _USER_ERRORS as error:
             print(f"error: {error}", file=sys.stderr)

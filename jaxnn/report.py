@@ -98,56 +98,130 @@ def _layer_flops(kind: str, params: dict[str, Any], out_shape: Sequence[int]) ->
     return 0
 
 
-def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[int]) -> str:
-    """A Keras-style table: layer, output shape, parameters, FLOPs per example, and totals.
+def _layer_calls(model: Any, variables: dict[str, Any], x: jax.Array) -> list[tuple]:
+    """``(name, input shape, output shape)`` of each direct submodule's first call, in call
+    order, from a real forward pass at batch 1 (cheap, and unlike ``eval_shape`` it keeps the
+    order)."""
+    import flax.linen as nn
 
-    Output shapes come from the model's captured intermediates; the total FLOPs per example from
-    XLA's cost analysis of the compiled forward pass at batch size 1.
-    """
-    x = jnp.zeros((1, *input_shape), jnp.float32)
-    # A real forward pass at batch 1 (cheap): unlike eval_shape's pytree round trip it keeps
-    # the intermediates in call order.
-    _, state = model.apply(
-        variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
-    )
-    intermediates = state["intermediates"]
-    params = variables["params"]
-    rows = []
-    for name, value in intermediates.items():
-        if name == "__call__":
-            continue
-        out = value["__call__"][0]
-        layer_params = params.get(name, {})
-        count = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(layer_params))
-        count += sum(
-            int(np.prod(p.shape))
-            for p in jax.tree_util.tree_leaves(variables.get("batch_stats", {}).get(name, {}))
-        )
-        rows.append((name, tuple(out.shape), count, _layer_flops(name, layer_params, out.shape)))
-    total_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+    calls: dict[str, tuple] = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        layer = context.method_name == "__call__" and len(module.path) == 1
+        if layer and args and hasattr(args[0], "shape") and hasattr(out, "shape"):
+            calls.setdefault(module.name, (module.name, tuple(args[0].shape), tuple(out.shape)))
+        return out
+
+    with nn.intercept_methods(record):
+        model.apply(variables, x, train=False)
+    return list(calls.values())
+
+
+def _between_layers(before: tuple, after: tuple, pool_name: str) -> list[tuple[str, tuple]]:
+    """Rows for what happens between two layers outside any module (``jaxnn.models.pool``, a
+    reshape): ``[(kind, output shape), ...]`` — a pooling, a flattening, both, or nothing."""
+    if before == after or len(after) not in (2, 4):
+        return []
+    if len(before) == 4 and len(after) == 4:
+        smaller = after[3] == before[3] and after[1:3] < before[1:3]
+        return [(pool_name, after)] if smaller else []
+    if len(before) < 3 or len(after) != 2:
+        return []
+    if int(np.prod(before[1:])) == after[1]:
+        return [("Flatten", after)]
+    for window in range(2, 9) if len(before) == 4 else ():  # pooled, then flattened
+        pooled = (before[0], before[1] // window, before[2] // window, before[3])
+        if int(np.prod(pooled[1:])) == after[1]:
+            return [(pool_name, pooled), ("Flatten", after)]
+    return []
+
+
+def _count(tree: Any) -> tuple[int, int]:
+    """Number of values and bytes of every array in ``tree``."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return sum(int(np.size(p)) for p in leaves), sum(int(p.nbytes) for p in leaves)
+
+
+def _readable_size(num_bytes: float) -> str:
+    """Bytes in Keras' summary style: ``1.61 MB`` (powers of 1024, two decimals)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024:
+            return f"{num_bytes:.2f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.2f} TB"
+
+
+def _total_flops(model: Any, variables: dict[str, Any], x: jax.Array, rows: list) -> int:
     try:
         compiled = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
-        total_flops = int(cost.get("flops", 0))
+        return int(cost.get("flops", 0))
     except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
-        total_flops = sum(r[3] for r in rows)
-    header = ("Layer", "Output shape", "Params", "FLOPs/example")
-    body = [(n, str((None, *s[1:])), f"{c:,}", f"{f:,}") for n, s, c, f in rows]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
-    line = "-" * (sum(widths) + 6)
+        return sum(row[-1] for row in rows)
+
+
+def _summary_rows(model: Any, variables: dict[str, Any], x: jax.Array) -> list[tuple]:
+    """``(name, output shape, trainable, non-trainable, FLOPs)`` per layer, with the poolings
+    and the flattening that happen between layers as rows of their own."""
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    pool_name = {"max": "MaxPool", "avg": "AvgPool"}.get(getattr(model, "pool", None), "Pool")
+    seen: dict[str, int] = {}
+    rows, shape = [], tuple(x.shape)
+    for name, in_shape, out_shape in _layer_calls(model, variables, x):
+        for kind, between in _between_layers(shape, in_shape, pool_name):
+            seen[kind] = seen.get(kind, -1) + 1
+            rows.append((f"{kind}_{seen[kind]}", between, 0, 0, 0))
+        layer_params = params.get(name, {})
+        flops = _layer_flops(name, layer_params, out_shape)
+        rows.append(
+            (name, out_shape, _count(layer_params)[0], _count(stats.get(name, {}))[0], flops)
+        )
+        shape = out_shape
+    return rows
+
+
+def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[int]) -> str:
+    """A Keras-style table: layer, output shape, trainable and non-trainable parameters, FLOPs
+    per example; then the totals with their size in bytes.
+
+    Poolings and the flattening, which happen outside any module, get rows of their own. The
+    non-trainable parameters are BatchNorm's running means and variances. The total FLOPs per
+    example come from XLA's cost analysis of the compiled forward pass at batch size 1.
+
+    Example::
+
+        print(model_summary(CNN(), trainer.variables, (28, 28, 1)))  # or trainer.summary()
+    """
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    rows = _summary_rows(model, variables, x)
+    header = ("Layer", "Output shape", "Params", "Non-trainable", "FLOPs/example")
+    body = [(n, str((None, *s[1:])), f"{p:,}", f"{b:,}", f"{f:,}") for n, s, p, b, f in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = "-" * (sum(widths) + 2 * (len(widths) - 1))
 
     def fmt(row):
-        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
-    lines = [fmt(header), line, *(fmt(r) for r in body), line]
-    lines.append(f"Trainable params: {total_params:,}")
-    non_trainable = sum(
-        int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables.get("batch_stats", {}))
+    trainable, trainable_bytes = _count(variables["params"])
+    frozen, frozen_bytes = _count(variables.get("batch_stats", {}))
+    total_flops = _total_flops(model, variables, x, rows)
+    total_size = _readable_size(trainable_bytes + frozen_bytes)
+    return "\n".join(
+        [
+            fmt(header),
+            line,
+            *(fmt(r) for r in body),
+            line,
+            f"Total params: {trainable + frozen:,} ({total_size})",
+            f"Trainable params: {trainable:,} ({_readable_size(trainable_bytes)})",
+            f"Non-trainable params (BatchNorm statistics): {frozen:,} "
+            f"({_readable_size(frozen_bytes)})",
+            f"FLOPs per example (forward, XLA cost analysis): {total_flops:,}",
+        ]
     )
-    lines.append(f"Non-trainable (BatchNorm statistics): {non_trainable:,}")
-    lines.append(f"FLOPs per example (forward, XLA cost analysis): {total_flops:,}")
-    return "\n".join(lines)
 
 
 def _savefig(fig: Any, path: Path) -> None:
@@ -167,6 +241,7 @@ def plot_learning_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     keys = ["loss"] + ([metric] if metric and metric in history else [])
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
@@ -176,6 +251,7 @@ def plot_learning_curves(
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s-", label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs 1, 2, 3; never 1.25
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -192,7 +268,9 @@ def plot_confusion_matrix(
     path: str | os.PathLike,
     title: str = "",
 ) -> np.ndarray:
-    """Counts of (true, predicted) pairs as an annotated heat map; returns the matrix."""
+    """Counts of (true, predicted) pairs as an annotated heat map with a colour bar; returns the
+    matrix. ``title`` should say which split it shows (``jaxnn.run`` writes "<name> — test
+    split, N examples")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,7 +280,8 @@ def plot_confusion_matrix(
     matrix = np.zeros((k, k), np.int64)
     np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * k, 0.8 + 0.6 * k))
-    ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="examples")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")

@@ -9,7 +9,10 @@ run returns its summary; ``config.fresh=True`` starts over.
 
 from __future__ import annotations
 
+import datetime
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -266,7 +269,8 @@ def _finish(config, workdir, trainer, dataset, local, monitor, start) -> dict[st
         "wall_time_s",
         "train_examples_per_s",
     )
-    _print("Summary: " + ", ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary))
+    shown = (f"{k}={callbacks_lib.format_value(k, summary[k])}" for k in keys if k in summary)
+    _print("Summary: " + ", ".join(shown))
     return summary
 
 
@@ -288,6 +292,8 @@ def _summary(config, trainer, dataset, local, monitor) -> dict[str, Any]:
     if steady:
         summary["train_examples_per_s"] = len(dataset.x_train) * len(steady) / float(sum(steady))
     summary["params_checksum"] = report.params_checksum(trainer.state.params)
+    summary["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    summary["command"] = shlex.join(sys.argv)  # what was run, as typed
     summary.update(report.environment())
     summary["history"] = history
     return summary
@@ -303,6 +309,5 @@ def _plot_confusion(config, workdir: Path, dataset: Dataset, probabilities: np.n
         y = dataset.y_test
         labels = (y if y.ndim == 1 else y.argmax(1)).astype(np.int64)
         names = dataset.class_names or tuple(str(i) for i in range(probabilities.shape[1]))
-    report.plot_confusion_matrix(
-        labels, predicted, names, workdir / "confusion_matrix.png", title=config.name
-    )
+    title = f"{config.name} — test split, {len(labels):,} examples"
+    report.plot_confusion_matrix(labels, predicted, names, workdir / "confusion_matrix.png", title)

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxnn import feeding, inputs, optim
+from jaxnn import feeding, inputs, optim, report
 from jaxnn import losses as losses_lib
 from jaxnn import metrics as metrics_lib
 from jaxnn import sharding as sharding_lib
@@ -90,6 +91,32 @@ def _variables_property() -> property:
         trainer.variables = jaxnn.checkpoint.restore(workdir, "best")
     """
     return property(get, set_, doc=doc)
+
+
+def _transformation(optimizer: OptimizerSpec, steps_per_epoch: int, epochs: int | None):
+    """The optax transformation: the user's own, or ``jaxnn.optim.build``'s for a config."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    return optim.build(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
+
+
+def _learning_rate_logs(opt_state: Any) -> dict[str, float]:
+    """``{"learning_rate": ...}`` for an epoch's logs; empty when the optimizer injects no rate
+    (a plain optax transformation), rather than a column of NaN."""
+    learning_rate = float(optim.current_learning_rate(opt_state))
+    return {} if math.isnan(learning_rate) else {"learning_rate": learning_rate}
+
+
+def _dispatch_size(steps_per_dispatch: int | str, params: Any, num_steps: int) -> int:
+    if steps_per_dispatch != "auto":
+        return min(int(steps_per_dispatch), num_steps)
+    convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(params))
+    return 1 if convolutional else min(32, num_steps)
+
+
+def _require_state(state: TrainState | None, what: str) -> None:
+    if state is None:
+        raise RuntimeError(f"{what}() needs a trained model: call fit() first.")
 
 
 class Trainer:
@@ -186,10 +213,7 @@ class Trainer:
             steps_per_epoch = feeding.steps_per_epoch(n, batch_size, drop_remainder)
         if self._steps is not None and self._built_for == (steps_per_epoch, epochs):
             return self.state
-        if isinstance(self.optimizer, optax.GradientTransformation):
-            tx = self.optimizer
-        else:
-            tx = optim.build(self.optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
+        tx = _transformation(self.optimizer, steps_per_epoch, epochs)
         if self.state is None:
             self.state = init_on_mesh(
                 self.model, tx, self._inputs.input_shape, seed=self.seed, mesh=self.mesh
@@ -209,10 +233,7 @@ class Trainer:
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
         ``steps_per_dispatch="auto"``: 1 for convolutional models, else up to 32)."""
-        if self.steps_per_dispatch != "auto":
-            return min(int(self.steps_per_dispatch), num_steps)
-        convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(self.state.params))
-        return 1 if convolutional else min(32, num_steps)
+        return _dispatch_size(self.steps_per_dispatch, self.state.params, num_steps)
 
     def empty_train_metrics(self) -> dict[str, Any]:
         """An empty train accumulator replicated over the mesh (a mid-epoch restore's template)."""
@@ -321,7 +342,7 @@ class Trainer:
         if val is not None:
             val_logs = self._evaluate_fed(val, max(batch_size, _EVAL_BATCH))
             logs.update({f"val_{k}": v for k, v in val_logs.items()})
-        logs["learning_rate"] = float(optim.current_learning_rate(self.state.opt_state))
+        logs.update(_learning_rate_logs(self.state.opt_state))
         logs["epoch_time_s"] = time.perf_counter() - start
         return logs
 
@@ -361,13 +382,17 @@ class Trainer:
         metrics = evaluate_dispatches(self._steps.evaluate, self.variables, metrics, data, plan, k)
         return metrics_lib.compute_collection(metrics)
 
-    def _require_state(self, what: str) -> None:
-        if self.state is None:
-            raise RuntimeError(f"{what}() needs a trained model: call fit() first.")
+    def summary(self) -> str:
+        """Prints and returns the model's table (``jaxnn.report.model_summary``): each layer's
+        output shape, parameters and FLOPs; the totals in bytes. Needs ``initialize`` or ``fit``
+        first (RuntimeError from ``variables`` otherwise)."""
+        table = report.model_summary(self.model, self.variables, self._inputs.input_shape)
+        print(table)
+        return table
 
     def evaluate(self, x: Any, y: Any, *, batch_size: int = _EVAL_BATCH) -> dict[str, float]:
         """Returns the mean loss and metrics over (x, y), every example counted exactly once."""
-        self._require_state("evaluate")
+        _require_state(self.state, "evaluate")
         batch_size = inputs.check_int("batch_size", batch_size, 1)
         x, y = self._inputs.prepare_xy(x, y)
         return self._evaluate_fed(self._feeder.feed(x, y), batch_size)
@@ -375,7 +400,7 @@ class Trainer:
     def predict(self, x: Any, *, batch_size: int = _EVAL_BATCH) -> np.ndarray:
         """Returns the model's outputs for x as numpy: probabilities for classifiers (softmax or
         sigmoid, by the loss), values for regression."""
-        self._require_state("predict")
+        _require_state(self.state, "predict")
         batch_size = inputs.check_int("batch_size", batch_size, 1)
         data = self._feeder.host(self._inputs.prepare_x(x))
         batch_size = self._feeder.eval_batch_size(batch_size, data.n)

@@ -1,9 +1,16 @@
+import io
+import os
+import select
+
 import jax
 import numpy as np
 import optax
 import pytest
 
 from jaxnn import MLP, Callback, EarlyStopping, ReduceLROnPlateau, Trainer, optim
+from jaxnn import metrics as metrics_lib
+from jaxnn.callbacks import ProgressLogger, close_progress_bars, format_logs, format_value
+from jaxnn.loop import TrainLoop
 
 
 def small_trainer(optimizer=None):
@@ -114,3 +121,95 @@ def test_monitor_missing_from_logs_says_what_is_available():
     trainer, x, y = small_trainer(optimizer=optax.adam(0.01))
     with pytest.raises(KeyError, match="val_loss.*validation_split"):
         trainer.fit(x, y, epochs=1, verbose=0, callbacks=[EarlyStopping("val_loss")])
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so ProgressLogger draws its bar into it."""
+
+    def isatty(self):
+        return True
+
+
+def progress(position=0, steps=422, optimizer=None, refresh_s=0.0, stream=None):
+    """A ProgressLogger at the beginning of an epoch (resumed at ``position``) and its loop."""
+    trainer, _, _ = small_trainer(optimizer)
+    loop = TrainLoop(state=trainer.state, position=position, steps_per_epoch=steps)
+    loop.metrics = trainer.empty_train_metrics()
+    logger = ProgressLogger(steps, 2, refresh_s=refresh_s, stream=stream or Terminal())
+    logger.on_epoch_begin(loop, 0)
+    return logger, loop
+
+
+def test_progress_after_a_mid_epoch_resume_starts_there_and_rates_only_new_steps():
+    logger, loop = progress(position=205)
+    assert "205/422" in logger.stream.getvalue()
+    for done in (206, 207, 208):
+        logger.on_dispatch_end(loop, done, loop.metrics)
+    shown = logger._bar.format_dict
+    # the average rate and the ETA are (n - initial) steps over this process's time
+    assert (shown["n"], shown["initial"]) == (208, 205)
+    assert "208/422" in logger.stream.getvalue().rsplit("\r", 1)[-1]
+    logger.close()
+
+
+def test_progress_counts_every_dispatch_and_fetches_metrics_only_every_refresh(monkeypatch):
+    logger, loop = progress(steps=50, refresh_s=3600.0)
+    fetches = []
+    compute = metrics_lib.compute_collection
+    monkeypatch.setattr(
+        metrics_lib, "compute_collection", lambda m: fetches.append(1) or compute(m)
+    )
+    counted = []
+    for done in range(5, 51, 5):
+        logger.on_dispatch_end(loop, done, loop.metrics)
+        counted.append(logger._bar.n if logger._bar is not None else None)
+    assert counted == list(range(5, 51, 5))
+    assert len(fetches) == 1  # the epoch's last dispatch only: refresh_s has not passed before
+    logger.close()
+
+
+def test_progress_on_a_terminal_that_reports_zero_columns_draws_an_80_column_bar():
+    controller, terminal = os.openpty()  # a new pty reports 0 rows and 0 columns
+    stream = os.fdopen(terminal, "w")
+    try:
+        assert os.get_terminal_size(terminal).columns == 0
+        logger, loop = progress(steps=10, stream=stream)
+        logger.on_dispatch_end(loop, 3, loop.metrics)
+        stream.flush()
+        written = b""
+        while select.select([controller], [], [], 0.5)[0]:
+            written += os.read(controller, 65536)
+        logger.close()
+    finally:
+        stream.close()
+        os.close(controller)
+    last = written.decode().rsplit("\r", 1)[-1]
+    assert "3/10" in last and len(last) == 80, last
+
+
+def test_close_progress_bars_clears_the_bar_so_a_message_starts_on_a_fresh_line():
+    logger, loop = progress(steps=10)
+    logger.on_dispatch_end(loop, 4, loop.metrics)
+    assert "4/10" in logger.stream.getvalue()
+    close_progress_bars()  # what jaxnn.cli does on KeyboardInterrupt, before its message
+    assert logger._bar is None
+    after_bar = logger.stream.getvalue().rsplit("4/10", 1)[-1]
+    assert after_bar.endswith("\r") and after_bar.rsplit("\r", 2)[-2].strip() == ""
+    close_progress_bars()  # closing twice is harmless
+
+
+def test_progress_shows_lr_only_when_the_optimizer_has_one():
+    for optimizer, shown in [(None, True), (optax.adam(0.01), False)]:
+        logger, loop = progress(steps=4, optimizer=optimizer)
+        logger.on_dispatch_end(loop, 4, loop.metrics)
+        assert ("lr=" in logger.stream.getvalue()) is shown
+        logger.close()
+
+
+def test_logged_numbers_use_thousands_separators_and_fixed_decimals_not_exponents():
+    logs = {"loss": 23320.54321, "accuracy": 0.901149, "learning_rate": 1e-3, "epoch_time_s": 3.0}
+    assert format_logs(logs) == "loss: 23,320.5432 - accuracy: 0.9011 - learning_rate: 0.001"
+    assert format_value("train_examples_per_s", 23320.4) == "23,320"
+    assert format_value("wall_time_s", 12345.67) == "12,345.7"
+    assert format_value("best_epoch", 12) == "12"
+    assert format_value("test_accuracy", 0.99123) == "0.9912"

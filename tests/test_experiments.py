@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import importlib
 import json
 import os
+import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -105,11 +108,17 @@ def check_outputs(workdir: Path, classifier: bool, epochs: int = 2) -> dict:
         "versions",
         "device_kind",
         "device_count",
+        "finished_at",
+        "command",
     ]
     keys += ["test_accuracy"] if classifier else ["test_mae", "test_mse"]
     missing = [k for k in keys if k not in summary]
     assert not missing, missing
     assert summary["epochs_run"] == epochs and len(summary["params_checksum"]) == 64
+    finished = datetime.datetime.fromisoformat(summary["finished_at"])
+    now = datetime.datetime.now(datetime.UTC)
+    assert finished.utcoffset() == datetime.timedelta(0)  # UTC, ISO 8601
+    assert abs(now - finished).total_seconds() < 600
     return summary
 
 
@@ -174,6 +183,13 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
     assert "\r" not in first.stderr  # not a terminal: line-based output only
     assert "FLOPs per example" in first.stdout and "Devices:" in first.stdout
     summary = check_outputs(tmp_path / "run", classifier=True, epochs=1)
+    assert summary["command"].endswith("fashion_mnist_mlp.py " + shlex.join(first.args[3:]))
+    (line,) = [line for line in first.stdout.splitlines() if line.startswith("Summary: ")]
+    # fixed decimals and thousands separators, never 2.332e+04
+    shown = dict(item.split("=") for item in line.removeprefix("Summary: ").split(", "))
+    assert re.fullmatch(r"0\.\d{4}|1\.0000", shown["test_accuracy"]), line
+    assert re.fullmatch(r"\d{1,3}(,\d{3})*", shown["train_examples_per_s"]), line
+    assert re.fullmatch(r"[\d,]+\.\d", shown["wall_time_s"]) and shown["epochs_run"] == "1", line
     cached = sorted(p.name for p in (tmp_path / "xla_cache").iterdir())
     assert len(cached) >= 3  # the train, eval and predict steps at least
     again = cli([], tmp_path, sources)

@@ -160,3 +160,57 @@ def test_batchnorm_mask_keeps_padding_out_of_the_statistics():
     np.testing.assert_allclose(
         short["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * dense.mean(0), rtol=1e-5, atol=1e-7
     )
+
+
+def summary_rows(table):
+    """Layer name -> (output shape text, trainable, non-trainable) from a model_summary table."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if line.startswith("-"):
+            break
+        name, rest = line.split(maxsplit=1)
+        shape, numbers = rest.split(")", 1)
+        trainable, frozen, _ = numbers.split()
+        rows[name] = (shape + ")", int(trainable.replace(",", "")), int(frozen.replace(",", "")))
+    return rows
+
+
+def test_model_summary_shows_poolings_flatten_and_splits_batchnorm_parameters():
+    from jaxnn.report import model_summary
+
+    model = CNN(filters=(32, 64), dense=(128,), dropout_rate=0.4)
+    variables = model.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)), train=False)
+    table = model_summary(model, variables, (28, 28, 1))
+    rows = summary_rows(table)
+    assert list(rows) == [
+        "Conv_0", "BatchNorm_0", "MaxPool_0", "Conv_1", "BatchNorm_1", "MaxPool_1",
+        "Flatten_0", "Dropout_0", "Dense_0", "Dense_1",
+    ]  # fmt: skip
+    assert rows["MaxPool_0"] == ("(None, 14, 14, 32)", 0, 0)
+    assert rows["MaxPool_1"] == ("(None, 7, 7, 64)", 0, 0)
+    assert rows["Flatten_0"] == ("(None, 3136)", 0, 0)
+    # scale and bias are trained; the running mean and variance are not
+    assert rows["BatchNorm_0"][1:] == (2 * 32, 2 * 32) and rows["BatchNorm_1"][1:] == (128, 128)
+    trainable = 9 * 32 + 2 * 32 + 9 * 32 * 64 + 2 * 64 + (3136 * 128 + 128) + 1290
+    frozen = 2 * 32 + 2 * 64
+    assert sum(r[1] for r in rows.values()) == trainable
+    total_mb = (trainable + frozen) * 4 / 1024**2
+    assert f"Total params: {trainable + frozen:,} ({total_mb:.2f} MB)" in table
+    assert f"Trainable params: {trainable:,} ({trainable * 4 / 1024**2:.2f} MB)" in table
+    assert f"Non-trainable params (BatchNorm statistics): {frozen:,} ({frozen * 4:.2f} B)" in table
+
+
+def test_model_summary_names_average_pooling_and_an_mlp_flattening():
+    from jaxnn.report import model_summary
+
+    model = CNN(filters=(8,), dense=(), pool="avg", batch_norm=False)
+    variables = model.init(jax.random.key(0), jnp.ones((1, 9, 9, 1)), train=False)
+    rows = summary_rows(model_summary(model, variables, (9, 9, 1)))
+    # 9 -> 4 ('valid' pooling drops the last row and column), then 4*4*8 features
+    assert list(rows) == ["Conv_0", "AvgPool_0", "Flatten_0", "Dense_0"]
+    assert rows["AvgPool_0"][0] == "(None, 4, 4, 8)" and rows["Flatten_0"][0] == "(None, 128)"
+    mlp = MLP(features=(5,), num_outputs=2)
+    variables = mlp.init(jax.random.key(0), jnp.ones((1, 3, 4)), train=False)
+    rows = summary_rows(model_summary(mlp, variables, (3, 4)))
+    assert list(rows) == ["Flatten_0", "Dense_0", "Dense_1"]
+    assert rows["Flatten_0"] == ("(None, 12)", 0, 0)

@@ -369,3 +369,24 @@ def test_a_callback_that_is_not_a_callback_and_a_nan_learning_rate_are_refused()
         Trainer(MLP()).fit(X, Y, callbacks=[on_epoch_end], verbose=0)
     with pytest.raises(ValueError, match=r"optimizer.learning_rate: expected a finite number"):
         Trainer(MLP(), optimizer={"name": "adam", "learning_rate": float("nan")})
+
+
+def test_summary_prints_and_returns_the_table_and_needs_an_initialised_state(capsys):
+    x, _ = blobs(n=16)
+    trainer = Trainer(MLP(features=(5,), num_outputs=3), optimizer=optax.sgd(0.1))
+    with pytest.raises(RuntimeError, match="fit"):
+        trainer.summary()
+    trainer.initialize(x, batch_size=8)
+    table = trainer.summary()
+    assert capsys.readouterr().out == table + "\n"
+    assert f"Total params: {4 * 5 + 5 + 5 * 3 + 3:,} (" in table
+    assert table.splitlines()[2].split()[:2] == ["Dense_0", "(None,"]
+
+
+def test_a_plain_optax_optimizer_logs_no_learning_rate_and_a_config_does():
+    x, y = blobs(n=32)
+    plain = Trainer(MLP(features=(4,), num_outputs=3), optimizer=optax.adam(1e-2))
+    assert "learning_rate" not in plain.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    configured = Trainer(MLP(features=(4,), num_outputs=3), optimizer={"name": "adam"})
+    history = configured.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert history["learning_rate"] == [pytest.approx(1e-3)] * 2
