@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.stress_resume import checksum, command
+from experiments.stress_resume import checksum, command, kill_after
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -89,14 +89,7 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
 
 
 def kill_case(workdir: Path, expected: str, delay: float) -> tuple[str, str]:
-    child = subprocess.Popen(
-        command(workdir), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    time.sleep(delay)
-    killed = child.poll() is None
-    if killed:
-        child.send_signal(signal.SIGKILL)
-    child.wait()
+    killed = kill_after(workdir, delay, ENV)
     outcome, detail = _finished_as(workdir, expected)
     when = f"at {delay:.1f} s" + ("" if killed else " (after the run ended)")
     return outcome, f"{when}; {detail}"

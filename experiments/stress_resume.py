@@ -47,6 +47,20 @@ def checksum(workdir: Path) -> str:
     return json.loads((workdir / "summary.json").read_text())["params_checksum"]
 
 
+def kill_after(workdir: Path, delay: float, env: dict[str, str]) -> bool:
+    """Starts the run in ``workdir`` and SIGKILLs it after ``delay`` seconds; whether it was
+    still running then."""
+    child = subprocess.Popen(
+        command(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(delay)
+    killed = child.poll() is None
+    if killed:
+        child.send_signal(signal.SIGKILL)
+    child.wait()
+    return killed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -69,14 +83,7 @@ def main() -> None:
     for trial in range(args.kills):
         workdir = root / f"trial_{trial:02d}"
         delay = rng.uniform(0.05, 0.95) * duration
-        child = subprocess.Popen(
-            command(workdir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(delay)
-        killed = child.poll() is None
-        if killed:
-            child.send_signal(signal.SIGKILL)
-        child.wait()
+        killed = kill_after(workdir, delay, env)
         resumed = subprocess.run(command(workdir), env=env, capture_output=True, text=True)
         ok = resumed.returncode == 0 and checksum(workdir) == expected
         identical += ok
