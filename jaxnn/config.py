@@ -104,6 +104,8 @@ def _model_config() -> ConfigDict:
             "activation": "relu",
             "dropout_rate": 0.0,
             "batch_norm": False,
+            "bn_momentum": 0.99,  # Keras' BatchNormalization defaults
+            "bn_epsilon": 1e-3,
             "kernel_init": "glorot_uniform",
             "dtype": "float32",  # bfloat16: mixed precision with float32 parameters
         }
@@ -147,17 +149,21 @@ def check(config: ConfigDict) -> None:
     _expect(_is_int(keep, 0), "checkpoint.keep_best", "an integer >= 0", keep)
 
 
+def _in(value: Any, low: float, high: float) -> bool:
+    """A real number (not a bool) with ``low <= value < high`` (NaN never is)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value < high
+
+
 def _check_model(cfg: ConfigDict) -> None:
     _expect(cfg.name in ("mlp", "cnn"), "model.name", "'mlp' or 'cnn'", cfg.name)
     _expect(cfg.dtype in _DTYPES, "model.dtype", f"one of {list(_DTYPES)}", cfg.dtype)
     models.get_activation(cfg.activation)
     models.get_initializer(cfg.kernel_init)
-    rate = cfg.dropout_rate
+    momentum, epsilon = cfg.bn_momentum, cfg.bn_epsilon
+    _expect(_in(momentum, 0, 1), "model.bn_momentum", "a float in [0, 1)", momentum)
+    _expect(_in(epsilon, 0, math.inf) and epsilon > 0, "model.bn_epsilon", "a float > 0", epsilon)
     _expect(
-        isinstance(rate, int | float) and 0 <= rate < 1 and math.isfinite(rate),
-        "model.dropout_rate",
-        "a float in [0, 1)",
-        rate,
+        _in(cfg.dropout_rate, 0, 1), "model.dropout_rate", "a float in [0, 1)", cfg.dropout_rate
     )
 
 
@@ -169,6 +175,8 @@ def build_model(cfg: ConfigDict, num_outputs: int) -> models.MLP | models.CNN:
         "activation": cfg.activation,
         "dropout_rate": cfg.dropout_rate,
         "batch_norm": cfg.batch_norm,
+        "bn_momentum": cfg.bn_momentum,
+        "bn_epsilon": cfg.bn_epsilon,
         "kernel_init": cfg.kernel_init,
         "dtype": _DTYPES[cfg.dtype],
     }

@@ -72,6 +72,8 @@ DESCRIPTIONS: dict[str, str] = {
     "model.activation": "relu, gelu, tanh, ... (jaxnn.models.ACTIVATIONS)",
     "model.dropout_rate": "dropout rate (mlp: after each hidden layer; cnn: after flattening)",
     "model.batch_norm": "BatchNorm after each hidden layer / convolution",
+    "model.bn_momentum": "BatchNorm's running-average momentum (Keras 0.99, PyTorch 0.9)",
+    "model.bn_epsilon": "BatchNorm's epsilon (Keras 1e-3, PyTorch and Flax 1e-5)",
     "model.kernel_init": "glorot_uniform, he_normal, ... (jaxnn.models.INITIALIZERS)",
     "model.dtype": "float32 | bfloat16 (mixed precision, float32 parameters)",
     "loss": "sparse_categorical_crossentropy, binary_crossentropy, mse, ...",

@@ -135,9 +135,12 @@ def _window_max_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array]:
 _window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
-def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
+def _batch_norm(train: bool, module: Any) -> nn.BatchNorm:
     return nn.BatchNorm(
-        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype
+        use_running_average=not train,
+        momentum=module.bn_momentum,
+        epsilon=module.bn_epsilon,
+        dtype=module.dtype,
     )
 
 
@@ -157,6 +160,9 @@ class MLP(nn.Module):
       activation: a name from ``ACTIVATIONS`` or a callable.
       dropout_rate: dropout after each hidden activation (0 disables it).
       batch_norm: BatchNorm between each hidden Dense (then without bias) and its activation.
+      bn_momentum, bn_epsilon: BatchNorm's running-average momentum and epsilon (Keras' 0.99
+        and 1e-3; PyTorch's and Flax examples' 0.9 and 1e-5 make the evaluation statistics
+        follow the weights sooner).
       kernel_init: a name from ``INITIALIZERS`` or an initialiser.
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32 and
         the logits are returned as float32.
@@ -167,6 +173,8 @@ class MLP(nn.Module):
     activation: str | Callable = "relu"
     dropout_rate: float = 0.0
     batch_norm: bool = False
+    bn_momentum: float = _BN_MOMENTUM
+    bn_epsilon: float = _BN_EPSILON
     kernel_init: str | Callable = "glorot_uniform"
     dtype: Any = jnp.float32
 
@@ -181,7 +189,7 @@ class MLP(nn.Module):
             # bias there only gets gradient noise.
             x = nn.Dense(width, use_bias=not self.batch_norm, kernel_init=init, dtype=self.dtype)(x)
             if self.batch_norm:
-                x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
+                x = _batch_norm(train, self)(x, mask=_bn_mask(mask, x))
             x = act(x)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -224,6 +232,7 @@ class CNN(nn.Module):
       activation: a name from ``ACTIVATIONS`` or a callable.
       dropout_rate: dropout between Flatten and the first Dense (0 disables it).
       batch_norm: BatchNorm after each convolution (then without bias).
+      bn_momentum, bn_epsilon: BatchNorm's running-average momentum and epsilon (as for MLP).
       kernel_init: a name from ``INITIALIZERS`` or an initialiser.
       dtype: computation dtype; parameters stay float32, logits are float32.
     """
@@ -237,6 +246,8 @@ class CNN(nn.Module):
     activation: str | Callable = "relu"
     dropout_rate: float = 0.0
     batch_norm: bool = True
+    bn_momentum: float = _BN_MOMENTUM
+    bn_epsilon: float = _BN_EPSILON
     kernel_init: str | Callable = "glorot_uniform"
     dtype: Any = jnp.float32
 
@@ -263,7 +274,7 @@ class CNN(nn.Module):
                 dtype=self.dtype,
             )(x)
             if self.batch_norm:
-                x = _batch_norm(train, self.dtype)(x, mask=_bn_mask(mask, x))
+                x = _batch_norm(train, self)(x, mask=_bn_mask(mask, x))
             x = pool(act(x), self.pool, train=train)
         x = x.reshape((x.shape[0], -1))
         if self.dropout_rate > 0:

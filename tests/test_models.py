@@ -214,3 +214,32 @@ def test_model_summary_names_average_pooling_and_an_mlp_flattening():
     rows = summary_rows(model_summary(mlp, variables, (3, 4)))
     assert list(rows) == ["Flatten_0", "Dense_0", "Dense_1"]
     assert rows["Flatten_0"] == ("(None, 12)", 0, 0)
+
+
+@pytest.mark.parametrize("model_class", [MLP, CNN])
+def test_batch_norm_momentum_and_epsilon_follow_the_formula(model_class):
+    # One training step from zero running averages: mean <- (1 - momentum) * batch mean, and
+    # the normalised output uses epsilon: y = (x - m) / sqrt(v + eps) (scale 1, bias 0).
+    kwargs = {"features": (3,)} if model_class is MLP else {"filters": (2,), "dense": ()}
+    model = model_class(num_outputs=2, batch_norm=True, bn_momentum=0.9, bn_epsilon=0.5, **kwargs)
+    x = jax.random.normal(jax.random.key(1), (8, 4) if model_class is MLP else (8, 4, 4, 1))
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    (bn,) = updates["batch_stats"].values()  # the one BatchNorm layer
+    intercepted = {}
+
+    def capture(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            intercepted["in"], intercepted["out"] = args[0], next_fun(*args, **kwargs)
+            return intercepted["out"]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture):
+        model.apply(variables, x, train=True, mutable=["batch_stats"])
+    axes = tuple(range(intercepted["in"].ndim - 1))
+    batch_mean = np.asarray(intercepted["in"]).mean(axes)
+    batch_var = np.asarray(intercepted["in"]).var(axes)
+    np.testing.assert_allclose(bn["mean"], 0.1 * batch_mean, rtol=1e-5, atol=1e-7)
+    expected = (np.asarray(intercepted["in"]) - batch_mean) / np.sqrt(batch_var + 0.5)
+    np.testing.assert_allclose(intercepted["out"], expected, rtol=1e-4, atol=1e-5)
+    assert model_class().bn_momentum == 0.99 and model_class().bn_epsilon == 1e-3  # Keras'

@@ -57,6 +57,7 @@ def command(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         ("--config.checkpoint.every_steps=-5", "checkpoint.every_steps: expected an integer >= 0"),
         ("--config.optimizer.name=sgdd", "optimizer.name: expected one of"),
         ("--config.optimizer.schedule.name=linear", "optimizer.schedule.name: expected one of"),
+        ("--config.model.bn_momentum=1.0", "model.bn_momentum: expected a float in [0, 1)"),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_written(tmp_path, flag, message):
