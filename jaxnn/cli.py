@@ -2,6 +2,10 @@
 overrides, signals, multi-process start-up and the compilation cache around ``jaxnn.run.run``.
 
     python -m experiments.<name> [--workdir=checkpoints/<name>] [--config.<key>=<value> ...]
+    python -m experiments.<name> --sweep.<key>="(v1,v2,...)" [--sweep.<key>=...] [--config...]
+
+With ``--sweep.*`` flags the experiment trains every combination of the values
+(``jaxnn.sweep_run.run_sweep``) instead of one run.
 
 An experiment module ends with ``main(get_config, "checkpoints/<name>")``.
 """
@@ -144,6 +148,9 @@ def _train(runner: Callable[..., object], stop: StopRequest) -> None:
 
 def _interrupted(workdir: str) -> None:
     saved = Path(workdir, "checkpoints")
+    groups = sorted(Path(workdir, "groups").glob("*/checkpoints"))  # a sweep's
+    if groups:
+        saved = groups[-1]
     if saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir()):
         message = f"Interrupted: the state is saved in {saved}. Resume with the same command"
     else:
@@ -169,6 +176,32 @@ def _quiet_closed_loops() -> None:
     sys.unraisablehook = lambda info: None if closed_loop(info.exc_value) else unraisablehook(info)
 
 
+def _sweep_runner(runner: Callable[..., object]) -> Callable[..., object]:
+    """``runner``, or a sweep over the ``--sweep.*`` flags (taken out of ``sys.argv``)."""
+    from jaxnn import sweep_run
+
+    try:
+        spec, rest = sweep_run.parse_sweep_args(sys.argv[1:])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not spec:
+        return runner
+    if runner is not run:
+        print(
+            "error: --sweep.*: this experiment runs several configurations itself; sweep an "
+            "experiment that makes one run",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    sys.argv[1:] = rest
+
+    def sweep(config, workdir, *, stop=None):
+        return sweep_run.run_sweep(config, spec, workdir, stop=stop)
+
+    return sweep
+
+
 def main(
     get_config: Callable[[], ml_collections.ConfigDict],
     default_workdir: str,
@@ -190,6 +223,7 @@ def main(
     if {"-h", "--help", "--helpfull"} & set(sys.argv[1:]):
         print(_help(get_config(), default_workdir))
         sys.exit(0)
+    runner = _sweep_runner(runner)
     define_flags(get_config(), default_workdir)
 
     def _main(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from jaxnn.workdir import UNTRAINED_KEYS, flat_config
 
-__all__ = ["compare", "read_run"]
+__all__ = ["compare", "expand_sweeps", "read_run"]
 
 RESULTS = (
     "test_accuracy",
@@ -64,15 +64,30 @@ def _table(names: Sequence[str], rows: dict[str, list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def expand_sweeps(workdirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The workdirs, each sweep's (a folder with ``members/``) replaced by its members' run
+    folders, in member order."""
+    expanded = []
+    for workdir in map(Path, workdirs):
+        members = workdir / "members"
+        if members.is_dir() and not (workdir / "checkpoints").exists():
+            expanded.extend(sorted(p for p in members.iterdir() if (p / "config.json").exists()))
+        else:
+            expanded.append(workdir)
+    return expanded
+
+
 def compare(
     workdirs: Sequence[str | os.PathLike], out: str | os.PathLike | None
 ) -> tuple[str, Path | None]:
     """The table of differing settings and results, and (with ``out``) a PNG overlaying every
-    run's validation (or training) loss and first metric per epoch.
+    run's validation (or training) loss and first metric per epoch. A sweep's workdir stands
+    for its members (``expand_sweeps``).
 
     Returns:
       ``(table, path of the PNG or None)``.
     """
+    workdirs = expand_sweeps(workdirs)
     runs = [read_run(w) for w in workdirs]
     names = [Path(w).name or str(w) for w in workdirs]
     configs = [flat_config(r["config"]) for r in runs]

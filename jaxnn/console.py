@@ -2,7 +2,10 @@
 
 jaxnn list                              the experiments and the data each needs
 jaxnn run NAME [--workdir=...] [--config.<key>=<value> ...]   same as python -m experiments.NAME
-jaxnn compare WORKDIR... [--out=comparison.png]   settings that differ, results, curves
+jaxnn sweep NAME --sweep.<key>="(v1,v2,...)" [...]  every combination, trained at once where
+                                        it can (python -m experiments.NAME --sweep... too)
+jaxnn compare WORKDIR... [--out=comparison.png]   settings that differ, results, curves (a
+                                        sweep's workdir: its members)
 jaxnn predict WORKDIR FILE...           classes and probabilities (images, .npy or .csv)
 jaxnn export WORKDIR OUT                the predict function as StableHLO (jax.export)
 """
@@ -59,8 +62,16 @@ def _run(args: argparse.Namespace) -> None:
     names = [name for name, _, _ in experiments()]
     if args.name not in names:
         raise SystemExit(f"error: NAME: unknown experiment {args.name!r}; expected one of {names}")
-    sys.argv = [f"jaxnn run {args.name}", *args.rest]
+    sys.argv = [f"jaxnn {args.command} {args.name}", *args.rest]
     runpy.run_module(f"experiments.{args.name}", run_name="__main__", alter_sys=True)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    if not any(arg.startswith("--sweep.") for arg in args.rest):
+        raise SystemExit(
+            f'error: jaxnn sweep {args.name}: expected at least one --sweep.<key>="(v1,v2,...)"'
+        )
+    _run(args)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -140,7 +151,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("name")
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(handler=_run)
-    compare = commands.add_parser("compare", help="compare runs")
+    sweep = commands.add_parser(
+        "sweep", help="train every combination of --sweep.<key>=(values)", add_help=False
+    )
+    sweep.add_argument("name")
+    sweep.add_argument("rest", nargs=argparse.REMAINDER)
+    sweep.set_defaults(handler=_sweep)
+    compare = commands.add_parser("compare", help="compare runs (or a sweep's members)")
     compare.add_argument("workdirs", nargs="+")
     compare.add_argument("--out", default="comparison.png", help="the overlay plot")
     compare.set_defaults(handler=_compare)

@@ -44,6 +44,7 @@ from jaxnn.utils import last_key, path_str
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "TRACEABLE",
     "adagrad",
     "adam",
     "adamw",
@@ -64,6 +65,22 @@ __all__ = [
 LearningRate = float | optax.Schedule
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine")
+
+# The numbers ``build(values=...)`` may take as (traced) arrays: a sweep trains configs that
+# differ only in these in one vmapped program. The rest shape the chain in Python (names,
+# schedule lengths, decay factors that optax checks) and so must be the same for all members.
+TRACEABLE = (
+    "learning_rate",
+    "momentum",
+    "b1",
+    "b2",
+    "eps",
+    "rho",
+    "l2",
+    "weight_decay",
+    "clip_norm",
+    "schedule.alpha",
+)
 
 _KERAS_ADAMW_WEIGHT_DECAY = 4e-3  # keras.optimizers.AdamW's default
 _DEFAULT_MOMENTUM = 0.9  # for the names "momentum" and "nesterov"
@@ -361,10 +378,20 @@ def make_schedule(
 
 
 def _schedule(
-    learning_rate: float, s: Mapping[str, Any], *, steps_per_epoch: float, epochs: int | None
+    learning_rate: float | jax.Array,
+    s: Mapping[str, Any],
+    *,
+    steps_per_epoch: float,
+    epochs: int | None,
+    alpha: float | jax.Array | None = None,
 ) -> LearningRate:
-    """``make_schedule`` for a checked rate and a complete, checked schedule config ``s``."""
+    """``make_schedule`` for a checked rate and a complete, checked schedule config ``s``.
+
+    ``learning_rate`` and ``alpha`` (default ``s["alpha"]``) may be traced arrays (a sweep's
+    per-member values): the schedule is then a function of them.
+    """
     name = s["name"]
+    alpha = s["alpha"] if alpha is None else alpha
 
     def steps(epochs_: float, minimum: int = 1) -> int:
         return max(minimum, round(epochs_ * steps_per_epoch))
@@ -390,54 +417,74 @@ def _schedule(
         )
     total = steps(total_epochs)
     if name == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, decay_steps=total, alpha=s["alpha"])
+        return optax.cosine_decay_schedule(learning_rate, decay_steps=total, alpha=alpha)
     warmup = steps(s["warmup_epochs"], minimum=0)
     if warmup >= total:
         raise ValueError(
             "optimizer.schedule.warmup_epochs: expected fewer warmup epochs than total epochs "
             f"({total_epochs}); got {s['warmup_epochs']}"
         )
+    return _warmup_cosine(learning_rate, warmup, total, alpha)
+
+
+def _warmup_cosine(learning_rate: Any, warmup: int, total: int, alpha: Any) -> optax.Schedule:
+    """0 → ``learning_rate`` over ``warmup`` steps, then a cosine to ``alpha · learning_rate``
+    at step ``total``; the rate and ``alpha`` may be traced."""
+    if isinstance(learning_rate, jax.Array) or isinstance(alpha, jax.Array):
+        # optax's warmup_cosine_decay_schedule branches on the peak value in Python: the same
+        # two pieces, joined, with the traced numbers.
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, learning_rate, transition_steps=warmup),
+                optax.cosine_decay_schedule(learning_rate, decay_steps=total - warmup, alpha=alpha),
+            ],
+            [warmup],
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate,
         warmup_steps=warmup,
         decay_steps=total,
-        end_value=s["alpha"] * learning_rate,
+        end_value=alpha * learning_rate,
     )
 
 
 # ------------------------------------------------------------------------------- the chain
-def _direction(c: Mapping[str, Any]) -> optax.GradientTransformation:
-    """The optimizer's update direction, before the learning rate, from a checked config."""
+def _direction(c: Mapping[str, Any], v: Mapping[str, Any]) -> optax.GradientTransformation:
+    """The optimizer's update direction, before the learning rate: which pieces from the checked
+    config ``c``, their numbers from ``v`` (``c`` with any traced ``values``, see ``build``)."""
     name = c["name"]
     if name in ("sgd", "momentum", "nesterov"):
         if not c["momentum"]:
             return optax.identity()
-        return optax.trace(decay=c["momentum"], nesterov=c["nesterov"])
+        return optax.trace(decay=v["momentum"], nesterov=c["nesterov"])
     if name in ("adam", "adamw"):
-        return optax.scale_by_adam(b1=c["b1"], b2=c["b2"], eps=c["eps"])
+        return optax.scale_by_adam(b1=v["b1"], b2=v["b2"], eps=v["eps"])
     if name == "rmsprop":
         # Keras 3's RMSprop: v = ρv + (1−ρ)g², step g / √(v + ε) (ε inside the root).
-        rms = optax.scale_by_rms(decay=c["rho"], eps=c["eps"], eps_in_sqrt=True)
+        rms = optax.scale_by_rms(decay=v["rho"], eps=v["eps"], eps_in_sqrt=True)
         if c["momentum"]:
-            return optax.chain(rms, optax.trace(decay=c["momentum"]))
+            return optax.chain(rms, optax.trace(decay=v["momentum"]))
         return rms
     # Keras' Adagrad: a = a₀ + Σg², step g / √(a + ε).
     return optax.scale_by_rss(
-        initial_accumulator_value=c["initial_accumulator_value"], eps=c["eps"]
+        initial_accumulator_value=c["initial_accumulator_value"], eps=v["eps"]
     )
 
 
-def _chain(c: Mapping[str, Any], learning_rate: LearningRate) -> optax.GradientTransformation:
-    """clip → L2 → direction → decoupled decay → learning rate → its scale, for a checked config."""
+def _chain(
+    c: Mapping[str, Any], v: Mapping[str, Any], learning_rate: LearningRate
+) -> optax.GradientTransformation:
+    """clip → L2 → direction → decoupled decay → learning rate → its scale: the pieces a checked
+    config ``c`` turns on, with the numbers of ``v``."""
     pieces = []
     if c["clip_norm"]:
-        pieces.append(optax.clip_by_global_norm(c["clip_norm"]))
+        pieces.append(optax.clip_by_global_norm(v["clip_norm"]))
     if c["l2"]:
-        pieces.append(optax.add_decayed_weights(2.0 * c["l2"], mask=kernel_mask))
-    pieces.append(_direction(c))
+        pieces.append(optax.add_decayed_weights(2.0 * v["l2"], mask=kernel_mask))
+    pieces.append(_direction(c, v))
     if c["weight_decay"]:
-        pieces.append(optax.add_decayed_weights(c["weight_decay"], mask=kernel_mask))
+        pieces.append(optax.add_decayed_weights(v["weight_decay"], mask=kernel_mask))
     pieces.append(
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate)
     )
@@ -452,6 +499,7 @@ def build(
     steps_per_epoch: int,
     epochs: int | None = None,
     params: Any = None,
+    values: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
     """Builds the optimizer chain a config describes (see ``default_config`` for every key).
 
@@ -472,6 +520,9 @@ def build(
       steps_per_epoch: training steps (batches) per epoch; converts the schedule's epochs.
       epochs: the run's length, the default length of cosine schedules.
       params: optional; when given, ``freeze`` prefixes are checked now instead of at ``init``.
+      values: numbers (traced arrays in a sweep's vmapped step) in place of the config's, keyed
+        as in ``TRACEABLE``; the config still decides which pieces the chain has (a zero ``l2``
+        leaves its piece out), so a value must keep its piece on or off as the config has it.
 
     Raises:
       ValueError: as ``check_config``, and for a schedule that does not fit the run.
@@ -484,13 +535,15 @@ def build(
     if not _is_int(steps_per_epoch) or steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch: expected an integer >= 1; got {steps_per_epoch!r}")
     c = check_config(config)
-    k, learning_rate = c["accumulate_steps"], c["learning_rate"]
+    v = _with_values(c, values or {})
+    k, learning_rate = c["accumulate_steps"], v["learning_rate"]
     if not callable(learning_rate):
         # Schedules count applied updates: with accumulation there are k times fewer per epoch.
+        per_epoch, alpha = steps_per_epoch / k, v["schedule.alpha"]
         learning_rate = _schedule(
-            learning_rate, c["schedule"], steps_per_epoch=steps_per_epoch / k, epochs=epochs
+            learning_rate, c["schedule"], steps_per_epoch=per_epoch, epochs=epochs, alpha=alpha
         )
-    tx = _chain(c, learning_rate)
+    tx = _chain(c, v, learning_rate)
     if c["freeze"]:
         if params is not None:
             _check_prefixes(params, c["freeze"])
@@ -498,6 +551,17 @@ def build(
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx
+
+
+def _with_values(c: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers ``build`` uses: the checked config's, with ``values`` in their place."""
+    unknown = sorted(set(values) - set(TRACEABLE))
+    if unknown:
+        raise ValueError(f"values: unknown keys {unknown}; expected keys from {list(TRACEABLE)}")
+    v = {key: c[key] for key in TRACEABLE if "." not in key}
+    v["schedule.alpha"] = c["schedule"]["alpha"]
+    v.update(values)
+    return v
 
 
 def _scale_by_learning_rate_scale(learning_rate_scale: float) -> optax.GradientTransformation:

@@ -32,7 +32,17 @@ from jaxnn.data import load_splits as load_dataset
 from jaxnn.data.augment import AugmentConfig
 from jaxnn.trainer import Trainer
 
-__all__ = ["Dataset", "base_config", "build_model", "load_dataset", "run"]
+__all__ = [
+    "Dataset",
+    "base_config",
+    "build_model",
+    "load_dataset",
+    "make_callbacks",
+    "num_outputs",
+    "plot_confusion",
+    "run",
+    "summarize",
+]
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -77,7 +87,7 @@ def _train(config, workdir, stop, start) -> dict[str, Any]:
     local = _process_rows(dataset, mesh)
     trainer = _trainer(config, dataset, local, mesh)
     monitor = config.monitor if dataset.x_val is not None else config.monitor.removeprefix("val_")
-    callbacks = _callbacks(config, workdir, monitor)
+    callbacks = make_callbacks(config, workdir, monitor)
     if config.checkpoint.enabled:
         checkpoint = _checkpoint(config, workdir, monitor, callbacks, stop)
         _resume(trainer, checkpoint)
@@ -151,7 +161,9 @@ def _process_rows(dataset: Dataset, mesh: jax.sharding.Mesh) -> Dataset:
     )
 
 
-def _num_outputs(config: ConfigDict, dataset: Dataset) -> int:
+def num_outputs(config: ConfigDict, dataset: Dataset) -> int:
+    """The model's output width: 1 for binary and single-target regression, else the targets'
+    width or the number of classes."""
     task = losses.get(config.loss).task  # the loss registry knows each loss's task
     if task == "binary":
         return 1
@@ -165,7 +177,7 @@ def _num_outputs(config: ConfigDict, dataset: Dataset) -> int:
 def _trainer(config: ConfigDict, dataset: Dataset, local: Dataset, mesh) -> Trainer:
     """The Trainer, built (optimizer, state, steps) for the run's length, fine-tuned layers
     copied in."""
-    model = build_model(config.model, _num_outputs(config, dataset))
+    model = build_model(config.model, num_outputs(config, dataset))
     augment = AugmentConfig.from_options(config.augment.to_dict())
     trainer = Trainer(
         model,
@@ -190,7 +202,9 @@ def _trainer(config: ConfigDict, dataset: Dataset, local: Dataset, mesh) -> Trai
 
 
 # ---------------------------------------------------------------------- callbacks, resume
-def _callbacks(config: ConfigDict, workdir: Path, monitor: str) -> list[callbacks_lib.Callback]:
+def make_callbacks(config: ConfigDict, workdir: Path, monitor: str) -> list[callbacks_lib.Callback]:
+    """A run's callbacks from its config: CSV and TensorBoard logs in ``workdir``, early
+    stopping and ReduceLROnPlateau on ``monitor`` when enabled."""
     callbacks: list[callbacks_lib.Callback] = [
         callbacks_lib.CSVLogger(str(workdir / "metrics.csv")),
         callbacks_lib.TensorBoardLogger(str(workdir / "tensorboard")),
@@ -256,7 +270,7 @@ def _finish(config, workdir, trainer, dataset, local, monitor, start) -> dict[st
                 history, workdir / "learning_curves.png", first_metric, title=config.name
             )
         if probabilities is not None:
-            _plot_confusion(config, workdir, dataset, probabilities)
+            plot_confusion(config, workdir, dataset, probabilities)
         report.dump_json(workdir / "summary.json", summary)
     keys = (
         "test_accuracy",
@@ -275,8 +289,22 @@ def _finish(config, workdir, trainer, dataset, local, monitor, start) -> dict[st
 
 
 def _summary(config, trainer, dataset, local, monitor) -> dict[str, Any]:
-    history = trainer.loop.history
     test = trainer.evaluate(local.x_test, local.y_test)
+    return summarize(
+        config, trainer.loop.history, test, trainer.state.params, len(dataset.x_train), monitor
+    )
+
+
+def summarize(
+    config: ConfigDict,
+    history: dict[str, list[float]],
+    test: dict[str, float],
+    params: Any,
+    num_train: int,
+    monitor: str,
+) -> dict[str, Any]:
+    """A run's summary: test metrics, the best epoch by ``monitor``, throughput over the epochs
+    after the first, the parameters' checksum, when and how it ran, and the history."""
     summary: dict[str, Any] = {"name": config.name, "epochs_run": len(history.get("loss", []))}
     summary.update({f"test_{k}": v for k, v in test.items()})
     if "test_binary_accuracy" in summary:  # every classifier reports test_accuracy
@@ -290,8 +318,8 @@ def _summary(config, trainer, dataset, local, monitor) -> dict[str, Any]:
     train_times = history.get("train_time_s", [])
     steady = train_times[1:] if len(train_times) > 1 else train_times
     if steady:
-        summary["train_examples_per_s"] = len(dataset.x_train) * len(steady) / float(sum(steady))
-    summary["params_checksum"] = report.params_checksum(trainer.state.params)
+        summary["train_examples_per_s"] = num_train * len(steady) / float(sum(steady))
+    summary["params_checksum"] = report.params_checksum(params)
     summary["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     summary["command"] = shlex.join(sys.argv)  # what was run, as typed
     summary.update(report.environment())
@@ -299,7 +327,8 @@ def _summary(config, trainer, dataset, local, monitor) -> dict[str, Any]:
     return summary
 
 
-def _plot_confusion(config, workdir: Path, dataset: Dataset, probabilities: np.ndarray) -> None:
+def plot_confusion(config, workdir: Path, dataset: Dataset, probabilities: np.ndarray) -> None:
+    """``confusion_matrix.png`` of the test split from a classifier's probabilities."""
     if probabilities.shape[1] == 1:
         predicted = (probabilities[:, 0] > 0.5).astype(np.int64)
         labels = dataset.y_test.reshape(-1).astype(np.int64)

@@ -42,6 +42,7 @@ __all__ = [
     "default_compiler_options",
     "gather_rows",
     "make_steps",
+    "make_sweep_steps",
     "split_train_metrics",
 ]
 
@@ -185,6 +186,82 @@ def make_steps(
         predict=jax.jit(_predict_fn(model, loss), **out),
         metric_names=tuple(metric_names),
     )
+
+
+def make_sweep_steps(
+    model: nn.Module,
+    loss: Loss,
+    build_tx: Callable[[Mapping[str, Array]], optax.GradientTransformation],
+    values: Mapping[str, Array],
+    metric_names: Sequence[str] = (),
+    *,
+    augment: Augment | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    compiler_options: Mapping[str, str] | None = None,
+) -> Steps:
+    """``make_steps`` for K members trained at once: every step is ``jax.vmap`` of the single
+    step over a stacked state (``jaxnn.sweep``).
+
+    Member ``i`` trains with the optimizer ``build_tx(values_i)``, where ``values_i`` is row
+    ``i`` of each array in ``values`` (shape ``(K,)``, e.g. ``{"learning_rate": lrs}``; empty
+    when the members differ only in seed). The functions take and return stacked pytrees:
+
+    - ``train(members, metrics, x, y, idx, weight, start, stop, *, k=1, masked=False)``:
+      ``members`` is a ``jaxnn.sweep.Members`` (the stacked ``TrainState`` and an ``active``
+      flag per member), ``metrics`` the stacked accumulator, ``idx`` shaped ``(num_batches, K,
+      batch)`` (each member its own example order) and ``weight`` ``(num_batches, batch)``
+      (shared). A member whose ``active`` flag is False keeps its state and metrics unchanged.
+    - ``evaluate(variables, metrics, x, y, idx, weight, start, *, k=1)``: stacked variables and
+      metrics, ``idx`` shaped ``(num_batches, K, batch)``.
+    - ``predict(variables, x) -> (K, n, ...)``: every member's outputs for the same ``x``.
+    """
+    names = ("loss", *tuple(metric_names))
+    gather = functools.partial(_gather, mesh=mesh)
+    eval_batch = _eval_batch_fn(model, loss, names, gather)
+    sweep_step = _sweep_step_fn(model, loss, build_tx, values, names, augment, gather)
+
+    def sweep_eval_batch(variables, metrics, x_all, y_all, idx, weight):
+        one = functools.partial(eval_batch, x_all=x_all, y_all=y_all, weight=weight)
+        return jax.vmap(lambda v, m, i: one(v, m, idx=i))(variables, metrics, idx)
+
+    predict = _predict_fn(model, loss)
+    out = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
+    out["compiler_options"] = dict(compiler_options) if compiler_options else None
+    return Steps(
+        train=jax.jit(
+            _train_fn(sweep_step), donate_argnums=(0, 1), static_argnames=("k", "masked"), **out
+        ),
+        evaluate=jax.jit(
+            _evaluate_fn(sweep_eval_batch), donate_argnums=(1,), static_argnames=("k",), **out
+        ),
+        predict=jax.jit(jax.vmap(predict, in_axes=(0, None)), **out),
+        metric_names=tuple(metric_names),
+    )
+
+
+def _sweep_step_fn(model, loss, build_tx, values, names, augment, gather) -> Callable[..., Any]:
+    """One optimizer step of every member: ``(members, metrics, x_all, y_all, idx, weight,
+    masked) -> (members, metrics)``, the single step vmapped over the member axis."""
+
+    def member_step(state, metrics, member_values, active, x_all, y_all, idx, weight, masked):
+        step = _train_step_fn(model, loss, build_tx(member_values), names, augment, gather)
+        new_state, new_metrics = step(state, metrics, x_all, y_all, idx, weight, masked)
+
+        def keep(new, old):  # a stopped member stands still
+            return jnp.where(active, new, old)
+
+        return jax.tree.map(keep, new_state, state), jax.tree.map(keep, new_metrics, metrics)
+
+    def sweep_step(members, metrics, x_all, y_all, idx, weight, masked):
+        def one(state, metrics, member_values, active, idx):
+            return member_step(
+                state, metrics, member_values, active, x_all, y_all, idx, weight, masked
+            )
+
+        state, metrics = jax.vmap(one)(members.state, metrics, values, members.active, idx)
+        return members.replace(state=state), metrics
+
+    return sweep_step
 
 
 def _gather(

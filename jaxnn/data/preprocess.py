@@ -6,7 +6,13 @@ import numpy as np
 
 from jaxnn.sharding import aligned_empty
 
-__all__ = ["channel_stats", "normalize", "to_float", "train_validation_split"]
+__all__ = [
+    "channel_stats",
+    "normalize",
+    "to_float",
+    "train_validation_split",
+    "validation_rows",
+]
 
 
 def train_validation_split(
@@ -31,15 +37,28 @@ def train_validation_split(
         raise ValueError(f"validation_split: expected a float in [0, 1); got {validation_split!r}")
     if len(x) != len(y):
         raise ValueError(f"x and y: expected the same length; got {len(x)} and {len(y)}")
-    order = np.random.default_rng(seed).permutation(len(x))
-    num_val = int(round(len(x) * validation_split))
-    if validation_split > 0 and not 0 < num_val < len(x):
-        raise ValueError(
-            f"validation_split: {validation_split} of {len(x)} examples leaves "
-            f"{len(x) - num_val} for training and {num_val} for validation; both must be > 0"
-        )
-    val, train = np.sort(order[:num_val]), np.sort(order[num_val:])
+    train, val = validation_rows(len(x), validation_split, seed)
     return _take_rows(x, train), y[train], _take_rows(x, val), y[val]
+
+
+def validation_rows(n: int, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row indices ``(train, validation)`` that ``train_validation_split`` takes from ``n``
+    examples: ``sort(default_rng(seed).permutation(n)[:round(n * validation_split)])`` held out,
+    the rest (sorted) for training.
+
+    Raises:
+      ValueError: when ``validation_split`` is not in [0, 1) or leaves an empty part.
+    """
+    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
+        raise ValueError(f"validation_split: expected a float in [0, 1); got {validation_split!r}")
+    order = np.random.default_rng(seed).permutation(n)
+    num_val = int(round(n * validation_split))
+    if validation_split > 0 and not 0 < num_val < n:
+        raise ValueError(
+            f"validation_split: {validation_split} of {n} examples leaves "
+            f"{n - num_val} for training and {num_val} for validation; both must be > 0"
+        )
+    return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
 def _take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
