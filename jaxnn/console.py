@@ -63,6 +63,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.name not in names:
         raise SystemExit(f"error: NAME: unknown experiment {args.name!r}; expected one of {names}")
     sys.argv = [f"jaxnn {args.command} {args.name}", *args.rest]
+    # Listing imported the module; run it afresh as __main__, as python -m does.
+    sys.modules.pop(f"experiments.{args.name}", None)
     runpy.run_module(f"experiments.{args.name}", run_name="__main__", alter_sys=True)
 
 
