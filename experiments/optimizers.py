@@ -8,6 +8,15 @@ tutorials use for it (0.01 for the SGD family, 1e-3 for the adaptive ones).
 Each optimizer is a full run in <workdir>/<optimizer>/ (resumable on its own); the comparison is
 the table `jaxnn compare` prints, <workdir>/optimizers.png (every curve, the legend outside) and
 <workdir>/summary.json.
+
+Why not one vmapped sweep: a sweep stacks the members' optimizer states, so they must have the
+same structure, and these six do not (SGD keeps none, momentum and Nesterov a trace each with
+its own update rule, RMSprop and Adagrad one accumulator, Adam two moments, AdamW adds a decay
+step). Each would be a group of its own, trained one after another, as here. What does stack is
+one optimizer's numbers and the seeds, e.g. the spread of Adam over rates and seeds:
+
+    jaxnn sweep fashion_mnist_mlp --sweep.optimizer.learning_rate="(1e-3,3e-4)" \\
+        --sweep.seed="(0,1,2)"
 """
 
 from pathlib import Path
