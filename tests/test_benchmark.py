@@ -3,6 +3,7 @@
 No timing is asserted: the figures depend on the machine and its load.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import sys
 import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -20,37 +22,60 @@ from experiments.benchmark import data as bench_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUMERIC_FIELDS = ("train_examples_per_s", "eval_examples_per_s", "compile_s", "peak_rss_mb")
+QUICK_FRAMEWORKS = ("jaxnn", "flax", "flax_resident", "flax_scan", "jaxnn_warm_cache")
+
+
+def _run_quick(out: Path, *args: str, env: dict | None = None) -> tuple[dict, str]:
+    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out), *args]
+    proc = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _assert_measured(workload: str, framework: str, result: dict) -> None:
+    assert "error" not in result and "skipped" not in result, (workload, framework, result)
+    for field in NUMERIC_FIELDS:
+        value = result[field]
+        assert isinstance(value, float), (workload, framework, field, value)
+        # Eager PyTorch compiles nothing: its compile time is clipped at 0.
+        eager = field == "compile_s" and framework in ("torch", "torch_channels_last")
+        assert math.isfinite(value) and (value >= 0 if eager else value > 0), (framework, field)
+    # --quick: random data, so no time to accuracy; warm-up + 1 measured epoch.
+    assert result["time_to_accuracy_s"] is None
+    assert result["epochs_to_accuracy"] is None
+    assert len(result["epoch_train_times_s"]) == 2
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
-    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out)]
-    command += ["--frameworks", "jaxnn,flax", "--warm-cache"]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    frameworks = ",".join(f for f in QUICK_FRAMEWORKS if f != "jaxnn_warm_cache")
+    return _run_quick(out, "--frameworks", frameworks, "--warm-cache")
+
+
+def _scan_cnn_skipped() -> bool:
+    """On XLA CPU the scanned CNN epoch is skipped, with its reason, instead of taking hours."""
+    return jax.default_backend() == "cpu"
 
 
 def test_quick_run_reports_every_workload_and_framework(quick_report):
     report, stdout = quick_report
     assert set(report["results"]) == {"mlp", "cnn"}
+    scan_cnn_skipped = _scan_cnn_skipped()
     for workload, by_framework in report["results"].items():
-        assert set(by_framework) == {"jaxnn", "flax", "jaxnn_warm_cache"}, workload
+        assert list(by_framework) == list(QUICK_FRAMEWORKS), workload
         for framework, result in by_framework.items():
-            assert "error" not in result, (workload, framework, result.get("error"))
-            for field in NUMERIC_FIELDS:
-                value = result[field]
-                assert isinstance(value, float), (workload, framework, field, value)
-                assert math.isfinite(value) and value > 0, (workload, framework, field, value)
-            # --quick: random data, so no time to accuracy; warm-up + 1 measured epoch.
-            assert result["time_to_accuracy_s"] is None
-            assert result["epochs_to_accuracy"] is None
-            assert len(result["epoch_train_times_s"]) == 2
-        # jaxnn pads the last batch and trains every example; the Flax loop drops the remainder.
+            if workload == "cnn" and framework == "flax_scan" and scan_cnn_skipped:
+                assert set(result) == {"skipped"} and "GPU" in result["skipped"], result
+                continue
+            _assert_measured(workload, framework, result)
+        # jaxnn pads the last batch and trains every example; the Flax loops drop the remainder.
         assert by_framework["jaxnn"]["train_examples_per_epoch"] == 2048
         assert by_framework["jaxnn_warm_cache"]["train_examples_per_epoch"] == 2048
         assert by_framework["flax"]["train_examples_per_epoch"] == 2048 // 128 * 128
+        assert by_framework["flax_resident"]["train_examples_per_epoch"] == 2048 // 128 * 128
     for workload in ("mlp", "cnn"):
         ratio = report["ratios"][workload]["flax"]
         expected = (
@@ -59,7 +84,10 @@ def test_quick_run_reports_every_workload_and_framework(quick_report):
         )
         assert ratio["train_speedup"] == pytest.approx(expected, rel=1e-12)
         assert ratio["time_to_accuracy_speedup"] is None
-        assert set(report["ratios"][workload]) == {"flax"}  # the warm-cache run is not a peer
+        peers = {"flax", "flax_resident", "flax_scan"}
+        if workload == "cnn" and scan_cnn_skipped:
+            peers.remove("flax_scan")
+        assert set(report["ratios"][workload]) == peers  # the warm-cache run is not a peer
         warm = report["variant_ratios"][workload]["jaxnn_warm_cache"]["flax"]["train_speedup"]
         assert warm == pytest.approx(
             report["results"][workload]["jaxnn_warm_cache"]["train_examples_per_s"]
@@ -69,8 +97,72 @@ def test_quick_run_reports_every_workload_and_framework(quick_report):
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["versions"]["jax"]
     assert report["config"]["quick"] is True
-    assert "jaxnn train x" in stdout and stdout.count("\nmlp ") == 4  # 3 rows, 1 variant line
+    assert "ratio columns: jaxnn against the row's framework" in stdout
+    # 5 rows, the line against the fastest peers, the variant's line
+    assert "jaxnn train x" in stdout and stdout.count("\nmlp ") == 7
+    assert "cnn      flax_scan           skipped: " in stdout or not scan_cnn_skipped
     assert "mlp jaxnn_warm_cache against flax train x" in stdout
+
+
+def test_quick_run_names_the_fastest_peer_of_each_workload(quick_report):
+    report, stdout = quick_report
+    for workload, results in report["results"].items():
+        # The fastest peer leaves out the reference flax_scan; without Fashion-MNIST, no tta.
+        fastest = max(("flax", "flax_resident"), key=lambda f: results[f]["train_examples_per_s"])
+        assert report["fastest_peer"][workload] == {
+            "train_examples_per_s": fastest,
+            "time_to_accuracy_s": None,
+        }
+        assert report["ratios_vs_fastest"][workload] == {
+            "train_speedup": report["ratios"][workload][fastest]["train_speedup"],
+            "train_peer": fastest,
+            "time_to_accuracy_speedup": None,
+            "time_to_accuracy_peer": None,
+        }
+        speedup = report["ratios_vs_fastest"][workload]["train_speedup"]
+        assert (
+            f"{workload} jaxnn against the fastest peers: train x{speedup:.2f} against {fastest} "
+            "(most train ex/s); tta: no peer has a time to accuracy"
+        ) in stdout
+
+
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None, reason="torch is not installed (.[bench])"
+)
+
+
+@needs_torch
+def test_quick_run_measures_pytorchs_tuned_cnn(tmp_path):
+    report, stdout = _run_quick(
+        tmp_path / "benchmark.json", "--workloads", "cnn",
+        "--frameworks", "torch_channels_last,torch_compile",
+    )  # fmt: skip
+    by_framework = report["results"]["cnn"]
+    assert list(by_framework) == ["torch_channels_last", "torch_compile"]
+    for framework, result in by_framework.items():
+        _assert_measured("cnn", framework, result)
+        assert result["train_examples_per_epoch"] == 2048
+    assert report["ratios"] == {}  # no jaxnn in this run
+    assert "cnn      torch_compile       " in stdout
+
+
+@needs_torch
+def test_torch_peers_that_cannot_run_or_do_not_apply_say_why(tmp_path):
+    # Inductor compiles with $CXX: a compiler that is not there stands for a machine without one.
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++")}
+    report, stdout = _run_quick(
+        tmp_path / "benchmark.json", "--workloads", "mlp",
+        "--frameworks", "torch_channels_last,torch_compile", env=env,
+    )  # fmt: skip
+    by_framework = report["results"]["mlp"]
+    assert by_framework["torch_channels_last"] == {
+        "skipped": "torch_channels_last runs the CNN only: the MLP has no convolution, so the "
+        "format would only restride its 28x28x1 input and the run would be the torch row"
+    }
+    reason = by_framework["torch_compile"]["skipped"]
+    assert reason.startswith("torch_compile cannot run here: "), reason
+    assert "C++ compiler" in reason and "no-such-g++" in reason, reason
+    assert "mlp      torch_compile       skipped: torch_compile cannot run here" in stdout
 
 
 def test_compute_ratios_divides_throughputs_and_times():
@@ -100,6 +192,170 @@ def test_compute_ratios_divides_throughputs_and_times():
     }
     table = benchmark.format_variant_ratios(benchmark.compute_variant_ratios(results))
     assert "mlp jaxnn_warm_cache against torch train x2.00, tta x8.00; keras train x0.33" in table
+
+
+def test_fastest_peers_pick_the_most_examples_per_s_and_the_least_time_among_peers():
+    def record(examples_per_s, time_to_accuracy):
+        figures = dict.fromkeys(("eval_examples_per_s", "compile_s", "peak_rss_mb"), 1.0)
+        return {
+            **figures,
+            "train_examples_per_s": examples_per_s,
+            "time_to_accuracy_s": time_to_accuracy,
+            "epochs_to_accuracy": None if time_to_accuracy is None else 1,
+        }
+
+    results = {
+        "mlp": {
+            "jaxnn": record(300.0, 10.0),
+            "flax": record(200.0, 30.0),
+            "flax_resident": record(250.0, None),  # fastest training, never reached the target
+            "flax_scan": record(900.0, 1.0),  # a reference: never the fastest peer
+            "torch": record(100.0, 20.0),  # first to the target
+            "torch_compile": {"skipped": "no C++ compiler"},
+            "keras": {"error": "failed"},
+            "jaxnn_warm_cache": record(1000.0, 0.5),  # a variant of jaxnn, not a peer
+        },
+        "cnn": {"jaxnn": record(10.0, None), "flax": record(5.0, None)},
+        "skipped_only": {"jaxnn": record(1.0, 1.0), "torch": {"skipped": "why"}},
+    }
+    fastest = benchmark.fastest_peers(results)
+    assert fastest == {
+        "mlp": {"train_examples_per_s": "flax_resident", "time_to_accuracy_s": "torch"},
+        "cnn": {"train_examples_per_s": "flax", "time_to_accuracy_s": None},
+    }
+    ratios = benchmark.compute_ratios(results)
+    assert set(ratios["mlp"]) == {"flax", "flax_resident", "flax_scan", "torch"}
+    assert ratios["skipped_only"] == {}
+    against = benchmark.ratios_against_fastest(ratios, fastest)
+    assert against == {
+        "mlp": {
+            "train_speedup": 300.0 / 250.0,
+            "train_peer": "flax_resident",
+            "time_to_accuracy_speedup": 20.0 / 10.0,
+            "time_to_accuracy_peer": "torch",
+        },
+        "cnn": {
+            "train_speedup": 2.0,
+            "train_peer": "flax",
+            "time_to_accuracy_speedup": None,
+            "time_to_accuracy_peer": None,
+        },
+    }
+    table = benchmark.format_table(results, ratios, None, against)
+    assert (
+        "mlp jaxnn against the fastest peers: train x1.20 against flax_resident (most train "
+        "ex/s); tta x2.00 against torch (first to the target accuracy)"
+    ) in table
+    assert (
+        "cnn jaxnn against the fastest peers: train x2.00 against flax (most train ex/s); tta: no "
+        "peer has a time to accuracy"
+    ) in table
+    assert "mlp      torch_compile       skipped: no C++ compiler" in table
+    assert "(fastest peers leave out the references: flax_scan)" in table
+
+
+class SkippingPeer(benchmark.Peer):
+    """A peer that is skipped (``reason``) or whose training raises ``error``."""
+
+    unavailable_errors = (OSError,)
+
+    def __init__(self, reason=None, error=None):
+        super().__init__("mlp", {"x_train": np.zeros((4, 1)), "x_test": np.zeros((2, 1))})
+        self.reason, self.error, self.built = reason, error, False
+
+    def skip_reason(self):
+        return self.reason
+
+    def build(self):
+        self.built = True
+
+    def train_epoch(self):
+        raise self.error
+
+
+def test_a_peer_that_does_not_apply_or_cannot_run_is_a_skip_record():
+    from experiments.benchmark.worker import measure_or_skip
+
+    log = benchmark.EpochLog("mlp", False, num_epochs=2)
+    peer = SkippingPeer(reason="not for the MLP")
+    assert measure_or_skip("x", peer, log) == {"skipped": "not for the MLP"}
+    assert not peer.built  # decided before the clock starts
+    peer = SkippingPeer(error=FileNotFoundError("no compiler\nmore detail"))
+    assert measure_or_skip("x", peer, log) == {
+        "skipped": "x cannot run here: FileNotFoundError: no compiler"
+    }
+    with pytest.raises(ValueError, match="a defect"):  # any other error is a failure
+        measure_or_skip("x", SkippingPeer(error=ValueError("a defect")), log)
+
+
+def _flax_peers(workload: str, first: str, second: str, num_train: int = 256):
+    """Two flax peers (``flax_peer.FlaxPeer`` or a ``flax_resident_peer`` class, by name) built
+    alike on random data: the same seed, so the same initial state."""
+    from experiments.benchmark import flax_peer, flax_resident_peer
+
+    classes = {
+        "FlaxPeer": flax_peer.FlaxPeer,
+        "FlaxResidentPeer": flax_resident_peer.FlaxResidentPeer,
+        "FlaxScanPeer": flax_resident_peer.FlaxScanPeer,
+    }
+    rng = np.random.default_rng(1)
+    data = {
+        "x_train": rng.random((num_train, 28, 28, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 10, num_train).astype(np.int32),
+        "x_test": rng.random((8, 28, 28, 1), dtype=np.float32),
+        "y_test": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    peers = classes[first](workload, data), classes[second](workload, data)
+    for peer in peers:
+        peer.build()
+    return peers
+
+
+def _assert_trees_close(a, b, atol: float) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("workload", ["mlp", "cnn"])
+def test_flax_resident_step_trains_as_the_flax_examples_step(workload):
+    from experiments.benchmark import flax_peer, flax_resident_peer
+
+    host, resident = _flax_peers(workload, "FlaxPeer", "FlaxResidentPeer")
+    x, y = host.data["x_train"], host.data["y_train"]
+    for idx in np.random.default_rng(2).permutation(len(x)).reshape(2, 128).astype(np.int32):
+        host.state, loss, accuracy = flax_peer.train_step(host.state, x[idx], y[idx])
+        donated = resident.state
+        resident.state, resident_loss, resident_accuracy = flax_resident_peer.resident_train_step(
+            resident.state, resident.x, resident.y, jax.device_put(idx)
+        )
+        assert abs(float(resident_loss) - float(loss)) <= 1e-6
+        assert float(resident_accuracy) == float(accuracy)
+        # donated: XLA reused the state's buffers for the new state
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(donated.params))
+    assert int(resident.state.step) == int(host.state.step) == 2
+    _assert_trees_close(resident.state.params, host.state.params, atol=1e-6)
+    _assert_trees_close(resident.state.batch_stats, host.state.batch_stats, atol=1e-6)
+    assert resident.test_accuracy() == host.test_accuracy()
+
+
+def test_flax_scan_epoch_trains_as_the_resident_steps():
+    from experiments.benchmark import flax_resident_peer
+
+    stepped, scanned = _flax_peers("mlp", "FlaxResidentPeer", "FlaxScanPeer")
+    batches = np.random.default_rng(3).permutation(256).reshape(2, 128).astype(np.int32)
+    batches = jax.device_put(batches)
+    losses = []
+    for idx in batches:
+        stepped.state, loss, _ = flax_resident_peer.resident_train_step(
+            stepped.state, stepped.x, stepped.y, idx
+        )
+        losses.append(float(loss))
+    scanned.state, scan_losses, _ = flax_resident_peer.scan_train_epoch(
+        scanned.state, scanned.x, scanned.y, batches
+    )
+    np.testing.assert_allclose(np.asarray(scan_losses), losses, rtol=0, atol=1e-6)
+    assert int(scanned.state.step) == 2
+    _assert_trees_close(scanned.state.params, stepped.state.params, atol=1e-6)
 
 
 def test_epoch_log_time_to_accuracy_is_the_first_epoch_reaching_the_target():

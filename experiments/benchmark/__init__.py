@@ -10,12 +10,27 @@ Two workloads on 28x28x1 inputs, 60,000 training examples, Adam 1e-3, batch 128:
 * ``cnn``: Conv32(3x3 same)-BN-ReLU-MaxPool2-Conv64(3x3 same)-BN-ReLU-MaxPool2-Flatten-Dropout0.4-
   Dense128-ReLU-Dense10.
 
-Frameworks: ``jaxnn`` (``Trainer.fit`` as a user calls it, default settings), ``flax`` (a Linen +
-Optax loop in the style of the Flax ``examples/mnist``: TrainState, one ``@jax.jit`` step per batch,
-host-side numpy batching of a per-epoch permutation, ``nn.max_pool``), ``torch`` (eager, 2 threads,
-tensor-indexing loop) and ``keras`` (Keras 3 ``model.fit`` on the JAX backend); ``torch`` and
-``keras`` run when importable (``pip install -e '.[bench]'``). ``--bf16`` adds ``jaxnn_bf16``
-(models with ``dtype=jnp.bfloat16``).
+Frameworks (``--frameworks``; all by default, those needing torch or keras when importable:
+``pip install -e '.[bench]'``):
+
+* ``jaxnn``: ``Trainer.fit`` as a user calls it, default settings;
+* ``flax``: a Linen + Optax loop in the style of the Flax ``examples/mnist``: TrainState, one
+  ``@jax.jit`` step per batch, host-side numpy batching of a per-epoch permutation,
+  ``nn.max_pool``;
+* ``flax_resident``: the same models and step in the loop a JAX expert writes: the data put on the
+  device once, each epoch's permutation passed as an index array, the batch gathered inside the
+  jitted step (``x[idx]``), the train state donated;
+* ``flax_scan`` (a reference): ``flax_resident`` with a whole epoch in one ``jax.lax.scan``; the
+  CNN only where JAX runs on a GPU (on XLA CPU a scan of CNN steps runs several times slower);
+* ``torch``: eager, 2 threads, tensor-indexing loop;
+* ``torch_channels_last``: ``torch`` with the CNN's model and inputs in ``torch.channels_last``
+  memory format (the MLP has no convolution: skipped);
+* ``torch_compile``: ``torch`` with the model wrapped in ``torch.compile`` (a fresh Inductor cache;
+  skipped, with the reason, where Inductor cannot compile, e.g. without a C++ compiler);
+* ``keras``: Keras 3 ``model.fit`` on the JAX backend.
+
+``--bf16`` adds ``jaxnn_bf16`` (models with ``dtype=jnp.bfloat16``). A framework that does not
+apply to a workload or cannot run here has ``{"skipped": reason}`` as its record.
 
 Every (workload, framework) runs in its own subprocess, so its peak RSS is its own, and they run one
 after another on the same machine within one invocation: compare the ratios, not the absolute
@@ -38,8 +53,14 @@ What is measured (and how):
 
 ``ratios[workload][peer]``: ``train_speedup`` = jaxnn train ex/s / peer train ex/s and
 ``time_to_accuracy_speedup`` = peer time / jaxnn time; above 1 means jaxnn is faster. Peers are
-``flax``, ``torch`` and ``keras``; jaxnn's variants (``jaxnn_bf16``, ``jaxnn_warm_cache``) get the
-same two ratios against every peer in ``variant_ratios[workload][variant][peer]``.
+every framework but jaxnn and its variants; jaxnn's variants (``jaxnn_bf16``, ``jaxnn_warm_cache``)
+get the same two ratios against every peer in ``variant_ratios[workload][variant][peer]``.
+``fastest_peer[workload]`` names the peer with the most ``train_examples_per_s`` and the one with
+the least ``time_to_accuracy_s`` (null when none reached the target), leaving out the reference
+``flax_scan``; ``ratios_vs_fastest[workload]`` holds jaxnn's ``train_speedup`` against the first
+and ``time_to_accuracy_speedup`` against the second, with their names (``train_peer``,
+``time_to_accuracy_peer``). The printed table's ratio columns are jaxnn against the row's
+framework; the lines under it give the ratios against the fastest peers and name them.
 ``--warm-cache`` adds ``jaxnn_warm_cache``: jaxnn with JAX's persistent compilation cache on, as
 every ``python -m experiments.<name>`` run has it (``jaxnn.cli.enable_compilation_cache``), in a
 cache that a 2-epoch run of the same workload filled first, so its start-up is a re-run's. The
@@ -49,7 +70,8 @@ interleaved round-robin so that load drift hits all three alike (CNN epochs on 4
 
 Layout: ``common`` (settings, the epoch loop and its clock, the result record: written once),
 ``data`` (loaded in the parent, handed to workers as .npy files), one module per framework
-(``jaxnn_peer``, ``flax_peer``, ``torch_peer``, ``keras_peer``: build, train an epoch, evaluate),
+(``jaxnn_peer``, ``flax_peer``, ``flax_resident_peer`` for ``flax_resident`` and ``flax_scan``,
+``torch_peer`` for the three torch peers, ``keras_peer``: build, train an epoch, evaluate),
 ``worker`` (one measurement in a subprocess), ``tables`` (ratios, printed tables) and ``cli`` (the
 parent process). This package imports only the standard library and numpy; a worker imports just
 the framework it measures, so its peak RSS is that framework's.
@@ -62,6 +84,7 @@ from experiments.benchmark.common import (
     FRAMEWORKS,
     LEARNING_RATE,
     MAX_EPOCHS,
+    REFERENCE_FRAMEWORKS,
     TARGET_ACCURACY,
     WORKLOADS,
     EpochLog,
@@ -73,9 +96,12 @@ from experiments.benchmark.data import load_data
 from experiments.benchmark.tables import (
     compute_ratios,
     compute_variant_ratios,
+    fastest_peers,
+    format_against_fastest,
     format_sweep,
     format_table,
     format_variant_ratios,
+    ratios_against_fastest,
 )
 
 __all__ = [
@@ -84,12 +110,15 @@ __all__ = [
     "FRAMEWORKS",
     "LEARNING_RATE",
     "MAX_EPOCHS",
+    "REFERENCE_FRAMEWORKS",
     "TARGET_ACCURACY",
     "WORKLOADS",
     "EpochLog",
     "Peer",
     "compute_ratios",
     "compute_variant_ratios",
+    "fastest_peers",
+    "format_against_fastest",
     "format_sweep",
     "format_table",
     "format_variant_ratios",
@@ -97,5 +126,6 @@ __all__ = [
     "main",
     "measure",
     "parse_args",
+    "ratios_against_fastest",
     "run_epochs",
 ]

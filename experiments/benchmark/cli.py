@@ -29,12 +29,20 @@ from experiments.benchmark.data import load_data, save_arrays
 from experiments.benchmark.tables import (
     compute_ratios,
     compute_variant_ratios,
+    fastest_peers,
     format_sweep,
     format_table,
+    ratios_against_fastest,
 )
 from experiments.benchmark.worker import worker
 
-PEERS_NEEDING_IMPORT = {"torch": "torch", "keras": "keras"}
+# The peers whose library is an optional extra ('.[bench]'): run when importable.
+PEERS_NEEDING_IMPORT = {
+    "torch": "torch",
+    "torch_channels_last": "torch",
+    "torch_compile": "torch",
+    "keras": "keras",
+}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2,048 random examples, 2 epochs")
     parser.add_argument("--out", default="benchmark.json", help="where to write the JSON")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    parser.add_argument(
+        "--frameworks", default=",".join(FRAMEWORKS),
+        help=f"comma-separated, some of {','.join(FRAMEWORKS)} (default: all; those needing torch "
+        "or keras run when importable)",
+    )  # fmt: skip
     parser.add_argument("--data", choices=("fashion_mnist", "random"), default="fashion_mnist")
     parser.add_argument("--bf16", action="store_true", help="also jaxnn with bfloat16 models")
     parser.add_argument("--sweep-dispatch", action="store_true", help="steps_per_dispatch 1/8/32")
@@ -181,6 +193,8 @@ def build_report(
     args: argparse.Namespace, source: str, time_to_accuracy: bool, results: dict, sweep: dict
 ) -> dict[str, Any]:
     """benchmark.json's content."""
+    ratios = compute_ratios(results)
+    fastest = fastest_peers(results)
     report = {
         "machine": machine_info(),
         "config": {
@@ -196,8 +210,10 @@ def build_report(
             "command": " ".join(["python -m experiments.benchmark", *sys.argv[1:]]),
         },
         "results": results,
-        "ratios": compute_ratios(results),
+        "ratios": ratios,
         "variant_ratios": compute_variant_ratios(results),
+        "fastest_peer": fastest,
+        "ratios_vs_fastest": ratios_against_fastest(ratios, fastest),
     }
     if sweep:
         report["dispatch_sweep"] = sweep
@@ -221,7 +237,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del arrays  # the workers read the files; the parent need not hold the arrays meanwhile
         results, sweep = run_all(args, frameworks, Path(tmp), time_to_accuracy)
     report = build_report(args, source, time_to_accuracy, results, sweep)
-    print(format_table(results, report["ratios"], report["variant_ratios"]))
+    print(
+        format_table(
+            results, report["ratios"], report["variant_ratios"], report["ratios_vs_fastest"]
+        )
+    )
     if sweep:
         print(format_sweep(sweep))
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -57,9 +57,13 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
     return {"params": params}
 
 
-@jax.jit
-def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
-    """One Adam step on a batch; returns the new state, the loss and the batch accuracy."""
+def step(state: TrainState, images: jax.Array, labels: jax.Array):
+    """One Adam step on a batch; returns the new state, the loss and the batch accuracy.
+
+    Not jitted itself: ``train_step`` jits it for this loop, and the ``flax_resident`` and
+    ``flax_scan`` loops call it inside their own jitted functions, so that every Flax loop trains
+    the same model with the same arithmetic.
+    """
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
 
     def loss_fn(params):
@@ -79,6 +83,9 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
         state = state.replace(batch_stats=updates["batch_stats"])
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return state, loss, accuracy
+
+
+train_step = jax.jit(step)
 
 
 @jax.jit
@@ -108,12 +115,18 @@ class FlaxPeer(Peer):
             dropout_key=dropout_key,
         )
         self.rng = np.random.default_rng(0)
+        self.x_test, self.y_test = self.data["x_test"], self.data["y_test"]
+
+    def epoch_batches(self) -> np.ndarray:
+        """This epoch's ``(steps, BATCH_SIZE)`` training indices: a fresh permutation, its
+        incomplete last batch dropped."""
+        perm = self.rng.permutation(len(self.data["x_train"]))[: self.examples_per_epoch]
+        return perm.reshape(self.steps, BATCH_SIZE)
 
     def train_epoch(self) -> None:
         x, y = self.data["x_train"], self.data["y_train"]
-        perms = self.rng.permutation(len(x))[: self.examples_per_epoch]
         epoch_loss, epoch_accuracy = [], []
-        for perm in perms.reshape(self.steps, BATCH_SIZE):
+        for perm in self.epoch_batches():
             self.state, loss, accuracy = train_step(self.state, x[perm], y[perm])
             epoch_loss.append(loss)
             epoch_accuracy.append(accuracy)
@@ -124,9 +137,8 @@ class FlaxPeer(Peer):
         )
 
     def test_accuracy(self) -> float:
-        x_test, y_test = self.data["x_test"], self.data["y_test"]
         correct = 0
-        for i in range(0, len(x_test), EVAL_BATCH_SIZE):
+        for i in range(0, len(self.x_test), EVAL_BATCH_SIZE):
             s = slice(i, i + EVAL_BATCH_SIZE)
-            correct += int(eval_step(self.state, x_test[s], y_test[s]))
-        return correct / len(x_test)
+            correct += int(eval_step(self.state, self.x_test[s], self.y_test[s]))
+        return correct / len(self.x_test)

@@ -1,25 +1,31 @@
-"""The benchmark's ratios (jaxnn against each peer) and the tables it prints."""
+"""The benchmark's ratios (jaxnn against each peer and against the fastest peer) and the tables it
+prints."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from experiments.benchmark.common import DISPATCH_SIZES
+from experiments.benchmark.common import DISPATCH_SIZES, REFERENCE_FRAMEWORKS
+
+
+def measured(record: dict) -> bool:
+    """Whether a result record holds figures (it neither failed nor was skipped)."""
+    return "error" not in record and "skipped" not in record
 
 
 def compute_ratios(
     results: dict[str, dict[str, dict]], ours_name: str = "jaxnn"
 ) -> dict[str, dict[str, dict]]:
     """``ours_name``'s speedup over each peer (> 1: jaxnn faster); jaxnn's variants are not
-    peers."""
+    peers, and failed or skipped records have no ratio."""
     ratios: dict[str, dict[str, dict]] = {}
     for workload, by_framework in results.items():
         ours = by_framework.get(ours_name)
-        if not ours or "error" in ours:
+        if not ours or not measured(ours):
             continue
         ratios[workload] = {}
         for peer, theirs in by_framework.items():
-            if peer.startswith("jaxnn") or "error" in theirs:
+            if peer.startswith("jaxnn") or not measured(theirs):
                 continue
             ours_t, theirs_t = ours["time_to_accuracy_s"], theirs["time_to_accuracy_s"]
             ratios[workload][peer] = {
@@ -39,36 +45,118 @@ def compute_variant_ratios(results: dict[str, dict[str, dict]]) -> dict[str, dic
     return out
 
 
+def fastest_peers(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, str | None]]:
+    """Per workload, the peer with the most ``train_examples_per_s`` and the one with the least
+    ``time_to_accuracy_s`` (None when no peer reached the target).
+
+    Peers are the frameworks that are neither jaxnn nor its variants nor one of
+    ``REFERENCE_FRAMEWORKS``, and that were measured (not failed, not skipped).
+
+    Example::
+
+        fastest_peers({"mlp": {"torch": {"train_examples_per_s": 2.0, "time_to_accuracy_s": 9.0},
+                               "flax": {"train_examples_per_s": 3.0, "time_to_accuracy_s": None}}})
+        # {"mlp": {"train_examples_per_s": "flax", "time_to_accuracy_s": "torch"}}
+    """
+    fastest: dict[str, dict[str, str | None]] = {}
+    for workload, by_framework in results.items():
+        peers = {
+            name: r
+            for name, r in by_framework.items()
+            if not name.startswith("jaxnn") and name not in REFERENCE_FRAMEWORKS and measured(r)
+        }
+        if not peers:
+            continue
+        reached = [name for name, r in peers.items() if r["time_to_accuracy_s"] is not None]
+        fastest[workload] = {
+            "train_examples_per_s": max(peers, key=lambda n: peers[n]["train_examples_per_s"]),
+            "time_to_accuracy_s": min(reached, key=lambda n: peers[n]["time_to_accuracy_s"])
+            if reached
+            else None,
+        }
+    return fastest
+
+
+def ratios_against_fastest(ratios: dict, fastest: dict) -> dict[str, dict[str, Any]]:
+    """jaxnn's ``train_speedup`` against the workload's fastest-training peer and its
+    ``time_to_accuracy_speedup`` against the peer that reached the target first, each with that
+    peer's name (``train_peer``, ``time_to_accuracy_peer``); taken from ``ratios``."""
+    out: dict[str, dict[str, Any]] = {}
+    for workload, names in fastest.items():
+        if workload not in ratios:
+            continue
+        train_peer, tta_peer = names["train_examples_per_s"], names["time_to_accuracy_s"]
+        tta = ratios[workload][tta_peer]["time_to_accuracy_speedup"] if tta_peer else None
+        out[workload] = {
+            "train_speedup": ratios[workload][train_peer]["train_speedup"],
+            "train_peer": train_peer,
+            "time_to_accuracy_speedup": tta,
+            "time_to_accuracy_peer": tta_peer,
+        }
+    return out
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
 
 
-def format_table(results: dict, ratios: dict, variant_ratios: dict | None = None) -> str:
-    """The results table (ratio columns: jaxnn against the row's peer), then one line per jaxnn
-    variant with its ratios against every peer."""
+def format_table(
+    results: dict,
+    ratios: dict,
+    variant_ratios: dict | None = None,
+    against_fastest: dict | None = None,
+) -> str:
+    """The results table, whose ratio columns hold jaxnn against the row's framework; then a line
+    per workload with jaxnn against its fastest peers, named; then a line per jaxnn variant with
+    its ratios against every peer."""
     header = (
-        f"{'workload':<8} {'framework':<16} {'train ex/s':>11} {'eval ex/s':>11} "
+        f"{'workload':<8} {'framework':<19} {'train ex/s':>11} {'eval ex/s':>11} "
         f"{'compile s':>9} {'peak RSS MB':>11} {'time-to-acc s':>13} {'ep':>3} "
         f"{'jaxnn train x':>13} {'jaxnn tta x':>11}"
     )
-    lines = [header, "-" * len(header)]
+    lines = ["ratio columns: jaxnn against the row's framework (> 1: jaxnn is faster)"]
+    lines += [header, "-" * len(header)]
     for workload, by_framework in results.items():
         for framework, r in by_framework.items():
             if "error" in r:
-                lines.append(f"{workload:<8} {framework:<16} failed: {r['error'].splitlines()[0]}")
+                lines.append(f"{workload:<8} {framework:<19} failed: {r['error'].splitlines()[0]}")
+                continue
+            if "skipped" in r:
+                lines.append(f"{workload:<8} {framework:<19} skipped: {r['skipped']}")
                 continue
             ratio = ratios.get(workload, {}).get(framework, {})
             lines.append(
-                f"{workload:<8} {framework:<16} {_fmt(r['train_examples_per_s'], 0):>11} "
+                f"{workload:<8} {framework:<19} {_fmt(r['train_examples_per_s'], 0):>11} "
                 f"{_fmt(r['eval_examples_per_s'], 0):>11} {_fmt(r['compile_s'], 2):>9} "
                 f"{_fmt(r['peak_rss_mb'], 0):>11} {_fmt(r['time_to_accuracy_s'], 1):>13} "
                 f"{_fmt(r['epochs_to_accuracy'], 0):>3} "
                 f"{_fmt(ratio.get('train_speedup'), 2):>13} "
                 f"{_fmt(ratio.get('time_to_accuracy_speedup'), 2):>11}"
             )
+    lines += format_against_fastest(against_fastest or {}).splitlines()
     return "\n".join([*lines, *format_variant_ratios(variant_ratios or {}).splitlines()])
+
+
+def format_against_fastest(against_fastest: dict) -> str:
+    """One line per workload: jaxnn's ratios against its fastest peers, each named."""
+    lines = []
+    for workload, r in against_fastest.items():
+        tta_peer = r["time_to_accuracy_peer"]
+        tta = (
+            f"tta x{_fmt(r['time_to_accuracy_speedup'], 2)} against {tta_peer} (first to the "
+            "target accuracy)"
+            if tta_peer
+            else "tta: no peer has a time to accuracy"
+        )
+        lines.append(
+            f"{workload} jaxnn against the fastest peers: train x{_fmt(r['train_speedup'], 2)} "
+            f"against {r['train_peer']} (most train ex/s); {tta}"
+        )
+    if lines:
+        lines.append(f"(fastest peers leave out the references: {', '.join(REFERENCE_FRAMEWORKS)})")
+    return "\n".join(lines)
 
 
 def format_variant_ratios(variant_ratios: dict) -> str:

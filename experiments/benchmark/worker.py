@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmark.common import MAX_EPOCHS, EpochLog, Peer, measure
+from experiments.benchmark.common import FRAMEWORKS, MAX_EPOCHS, EpochLog, Peer, measure
 from experiments.benchmark.data import read_arrays
 
 
@@ -32,16 +32,38 @@ def make_peer(
         from experiments.benchmark.flax_peer import FlaxPeer
 
         return FlaxPeer(workload, data)
-    if framework == "torch":
+    if framework in ("flax_resident", "flax_scan"):
+        from experiments.benchmark.flax_resident_peer import FlaxResidentPeer, FlaxScanPeer
+
+        return (FlaxScanPeer if framework == "flax_scan" else FlaxResidentPeer)(workload, data)
+    if framework in ("torch", "torch_channels_last", "torch_compile"):
         from experiments.benchmark.torch_peer import TorchPeer
 
-        return TorchPeer(workload, data)
+        return TorchPeer(
+            workload,
+            data,
+            channels_last=framework == "torch_channels_last",
+            compile=framework == "torch_compile",
+        )
     if framework == "keras":
         from experiments.benchmark.keras_peer import KerasPeer
 
         return KerasPeer(workload, data)
-    raise ValueError(f"framework: expected one of jaxnn(_bf16, _warm_cache), flax, torch, keras; "
-                     f"got {framework!r}")  # fmt: skip
+    raise ValueError(f"framework: expected one of {FRAMEWORKS} or a jaxnn variant (jaxnn_bf16, "
+                     f"jaxnn_warm_cache); got {framework!r}")  # fmt: skip
+
+
+def measure_or_skip(framework: str, peer: Peer, log: EpochLog) -> dict[str, Any]:
+    """``measure(peer, log)``, or ``{"skipped": reason}`` when the peer does not apply here
+    (``skip_reason``) or cannot run here (one of its ``unavailable_errors``)."""
+    reason = peer.skip_reason()
+    if reason:
+        return {"skipped": reason}
+    try:
+        return measure(peer, log)
+    except peer.unavailable_errors as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return {"skipped": f"{framework} cannot run here: {type(error).__name__}: {first_line}"}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -62,4 +84,4 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("fill_cache"):  # the same model, steps and evaluation, for 2 epochs
         num_epochs = 2
     peer = make_peer(framework, workload, data, spec)
-    return measure(peer, EpochLog(workload, with_accuracy, num_epochs))
+    return measure_or_skip(framework, peer, EpochLog(workload, with_accuracy, num_epochs))
