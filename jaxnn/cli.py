@@ -176,6 +176,19 @@ def _quiet_closed_loops() -> None:
     sys.unraisablehook = lambda info: None if closed_loop(info.exc_value) else unraisablehook(info)
 
 
+def _host_devices_per_core() -> None:
+    """One XLA host device per usable core (unless ``XLA_FLAGS`` sets a count): a sweep splits
+    its members over the devices (``jaxnn.sharding.member_mesh``), so on CPU they run on every
+    core. Only the host platform reads the flag; it must be set before JAX starts its backends,
+    which importing jaxnn does not do."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = f"--xla_force_host_platform_device_count={cores or 1}"
+    os.environ["XLA_FLAGS"] = f"{flags} {count}".strip()
+
+
 def _sweep_runner(runner: Callable[..., object]) -> Callable[..., object]:
     """``runner``, or a sweep over the ``--sweep.*`` flags (taken out of ``sys.argv``)."""
     from jaxnn import sweep_run
@@ -195,6 +208,7 @@ def _sweep_runner(runner: Callable[..., object]) -> Callable[..., object]:
         )
         raise SystemExit(2)
     sys.argv[1:] = rest
+    _host_devices_per_core()
 
     def sweep(config, workdir, *, stop=None):
         return sweep_run.run_sweep(config, spec, workdir, stop=stop)

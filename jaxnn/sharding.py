@@ -35,6 +35,7 @@ from jaxnn.utils import round_up
 __all__ = [
     "sync",
     "DATA_AXIS",
+    "MEMBER_AXIS",
     "DistributedInitError",
     "aligned_empty",
     "batch_sharding",
@@ -44,6 +45,8 @@ __all__ = [
     "initialize_distributed",
     "is_multiprocess",
     "make_mesh",
+    "member_mesh",
+    "member_sharding",
     "process_rows",
     "put_global",
     "replicate",
@@ -52,6 +55,7 @@ __all__ = [
 ]
 
 DATA_AXIS = "data"
+MEMBER_AXIS = "member"  # a sweep's members (jaxnn.sweep)
 # XLA's CPU client uses a host buffer in place (no copy) only when it starts on this boundary.
 _HOST_ALIGNMENT = 64
 
@@ -61,6 +65,29 @@ class DistributedInitError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- mesh
+def member_mesh(num_members: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A sweep's mesh: ``(data, member)`` over ``devices`` (default: every local device), the
+    members split over ``gcd(num_members, len(devices))`` devices, each member's batches over the
+    rest. With as many devices as members (or a divisor), each device trains its own members
+    whole, with no collectives; with one member it is ``make_mesh``'s data parallelism.
+
+    On CPU each host device is a thread: ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+    (before JAX starts) lets a sweep's members use N cores, which one small model cannot.
+    """
+    devices = np.asarray(jax.local_devices() if devices is None else list(devices))
+    members = math.gcd(num_members, devices.size)
+    grid = devices.reshape(devices.size // members, members)
+    return Mesh(grid, (DATA_AXIS, MEMBER_AXIS))
+
+
+def member_sharding(mesh: Mesh) -> NamedSharding:
+    """For stacked per-member arrays (leading axis = members): split over ``member`` when the
+    mesh has that axis, else replicated."""
+    if MEMBER_AXIS in mesh.axis_names:
+        return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
+    return replicated(mesh)
+
+
 def make_mesh(
     axes: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:

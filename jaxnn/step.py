@@ -214,54 +214,81 @@ def make_sweep_steps(
     - ``evaluate(variables, metrics, x, y, idx, weight, start, *, k=1)``: stacked variables and
       metrics, ``idx`` shaped ``(num_batches, K, batch)``.
     - ``predict(variables, x) -> (K, n, ...)``: every member's outputs for the same ``x``.
+
+    With a ``mesh`` that has a ``member`` axis (``jaxnn.sharding.member_mesh``) the member axis
+    of every stacked input and output is split over it (``spmd_axis_name``), each member's batch
+    over ``data``.
     """
     names = ("loss", *tuple(metric_names))
     gather = functools.partial(_gather, mesh=mesh)
     eval_batch = _eval_batch_fn(model, loss, names, gather)
-    sweep_step = _sweep_step_fn(model, loss, build_tx, values, names, augment, gather)
+    axis = (
+        sharding.MEMBER_AXIS
+        if mesh is not None and sharding.MEMBER_AXIS in mesh.axis_names
+        else None
+    )
+    vmap = functools.partial(jax.vmap, spmd_axis_name=axis)
+    sweep_step = _sweep_step_fn(model, loss, build_tx, values, names, augment, gather, vmap)
 
     def sweep_eval_batch(variables, metrics, x_all, y_all, idx, weight):
         one = functools.partial(eval_batch, x_all=x_all, y_all=y_all, weight=weight)
-        return jax.vmap(lambda v, m, i: one(v, m, idx=i))(variables, metrics, idx)
+        return vmap(lambda v, m, i: one(v, m, idx=i))(variables, metrics, idx)
 
     predict = _predict_fn(model, loss)
-    out = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
+    out = {} if mesh is None else {"out_shardings": sharding.member_sharding(mesh)}
     out["compiler_options"] = dict(compiler_options) if compiler_options else None
     return Steps(
         train=jax.jit(
-            _train_fn(sweep_step), donate_argnums=(0, 1), static_argnames=("k", "masked"), **out
+            _sweep_train_fn(sweep_step),
+            donate_argnums=(0, 1),
+            static_argnames=("k", "masked"),
+            **out,
         ),
         evaluate=jax.jit(
             _evaluate_fn(sweep_eval_batch), donate_argnums=(1,), static_argnames=("k",), **out
         ),
-        predict=jax.jit(jax.vmap(predict, in_axes=(0, None)), **out),
+        predict=jax.jit(vmap(predict, in_axes=(0, None)), **out),
         metric_names=tuple(metric_names),
     )
 
 
-def _sweep_step_fn(model, loss, build_tx, values, names, augment, gather) -> Callable[..., Any]:
+def _sweep_step_fn(
+    model, loss, build_tx, values, names, augment, gather, vmap
+) -> Callable[..., Any]:
     """One optimizer step of every member: ``(members, metrics, x_all, y_all, idx, weight,
-    masked) -> (members, metrics)``, the single step vmapped over the member axis."""
-
-    def member_step(state, metrics, member_values, active, x_all, y_all, idx, weight, masked):
-        step = _train_step_fn(model, loss, build_tx(member_values), names, augment, gather)
-        new_state, new_metrics = step(state, metrics, x_all, y_all, idx, weight, masked)
-
-        def keep(new, old):  # a stopped member stands still
-            return jnp.where(active, new, old)
-
-        return jax.tree.map(keep, new_state, state), jax.tree.map(keep, new_metrics, metrics)
+    masked) -> (members, metrics)``, the single step vmapped over the member axis (stopped
+    members too: ``_sweep_train_fn`` puts their state back once per dispatch)."""
 
     def sweep_step(members, metrics, x_all, y_all, idx, weight, masked):
-        def one(state, metrics, member_values, active, idx):
-            return member_step(
-                state, metrics, member_values, active, x_all, y_all, idx, weight, masked
-            )
+        def one(state, metrics, member_values, idx):
+            step = _train_step_fn(model, loss, build_tx(member_values), names, augment, gather)
+            return step(state, metrics, x_all, y_all, idx, weight, masked)
 
-        state, metrics = jax.vmap(one)(members.state, metrics, values, members.active, idx)
+        state, metrics = vmap(one)(members.state, metrics, values, idx)
         return members.replace(state=state), metrics
 
     return sweep_step
+
+
+def _sweep_train_fn(sweep_step: Callable[..., Any]) -> Callable[..., Any]:
+    """``_train_fn`` of the sweep step, after which a stopped member's state and metrics are
+    what they were before the dispatch: a select per dispatch, not per step (it costs a
+    memory pass over the whole state, noticeable for an MLP's scanned steps)."""
+    train_k = _train_fn(sweep_step)
+
+    def train(members, metrics, x_all, y_all, idx, weight, start, stop, k=1, masked=False):
+        new_members, new_metrics = train_k(
+            members, metrics, x_all, y_all, idx, weight, start, stop, k=k, masked=masked
+        )
+
+        def keep(new, old):  # a stopped member stands still
+            active = members.active.reshape(members.active.shape + (1,) * (new.ndim - 1))
+            return jnp.where(active, new, old)
+
+        state = jax.tree.map(keep, new_members.state, members.state)
+        return members.replace(state=state), jax.tree.map(keep, new_metrics, metrics)
+
+    return train
 
 
 def _gather(

@@ -121,7 +121,8 @@ class Sweep:
         self.metric_names = inputs.check_metric_names(metrics, self.loss)
         self.augment = augment
         self.steps_per_dispatch = inputs.check_steps_per_dispatch(steps_per_dispatch)
-        self.mesh = inputs.check_mesh(mesh) or sharding_lib.make_mesh()
+        self.mesh = inputs.check_mesh(mesh) or sharding_lib.member_mesh(len(self.members))
+        self._stacked = sharding_lib.member_sharding(self.mesh)  # per-member arrays
         self._feeder = Feeder(self.mesh, 2**62)  # resident: every member reads the same arrays
         if self._feeder.multiprocess:
             raise ValueError("mesh: a sweep runs in one process; got a multi-process mesh")
@@ -139,7 +140,7 @@ class Sweep:
         self._built_for: tuple[int, int | None] | None = None
         self._resume_pending = False
         self.num_train = 0  # training examples per member (set by initialize / fit)
-        self.fold = jax.jit(sweep_members.fold, out_shardings=sharding_lib.replicated(self.mesh))
+        self.fold = jax.jit(sweep_members.fold, out_shardings=self._stacked)
 
     @property
     def size(self) -> int:
@@ -190,7 +191,7 @@ class Sweep:
                 )
                 for m in self.members
             ]
-            self.loop.state = _stacked_members(states, self.mesh)
+            self.loop.state = _stacked_members(states, self._stacked)
         self._steps = make_sweep_steps(
             self.model,
             self.loss,
@@ -216,7 +217,7 @@ class Sweep:
     def empty_train_metrics(self) -> dict[str, Any]:
         """The stacked, empty train accumulator (a mid-epoch restore's template)."""
         empty = self._steps.empty_train_metrics()
-        return sharding_lib.replicate(stack_trees([empty] * self.size), self.mesh)
+        return jax.device_put(stack_trees([empty] * self.size), self._stacked)
 
     def restore(self, snapshot: Any) -> None:
         """Puts a group checkpoint back (``jaxnn.checkpoint.restore_training`` of the sweep's
@@ -306,9 +307,12 @@ class Sweep:
             plan = self._feeder.plan(n, batch_size, num_batches, shuffle_key=key)
             idx.append(plan.idx if member_rows is None else member_rows[plan.idx])
         stacked = np.stack(idx, axis=1).astype(np.int32)
-        axis = sharding_lib.DATA_AXIS
+        members = (
+            sharding_lib.MEMBER_AXIS if sharding_lib.MEMBER_AXIS in self.mesh.axis_names else None
+        )
+        spec = PartitionSpec(None, members, sharding_lib.DATA_AXIS)
         return _Plan(
-            jax.device_put(stacked, NamedSharding(self.mesh, PartitionSpec(None, None, axis))),
+            jax.device_put(stacked, NamedSharding(self.mesh, spec)),
             sharding_lib.put_global(plan.weight, sharding_lib.batch_sharding(self.mesh)),
             num_batches,
         )
@@ -338,7 +342,7 @@ class Sweep:
         """Every member's mean loss and metrics over ``plan``'s batches of ``data``."""
         k = self.dispatch_size(plan.num_batches)
         empty = stack_trees([self._steps.empty_eval_metrics()] * self.size)
-        metrics = sharding_lib.replicate(empty, self.mesh)
+        metrics = jax.device_put(empty, self._stacked)
         variables = self.loop.state.state.variables
         metrics = evaluate_dispatches(self._steps.evaluate, variables, metrics, data, plan, k)
         host = jax.device_get(metrics)
@@ -377,12 +381,12 @@ class Sweep:
         return np.concatenate(outputs, axis=1)[:, : data.n]
 
 
-def _stacked_members(states: Sequence[TrainState], mesh: jax.sharding.Mesh) -> Members:
-    """The members' states stacked into one replicated ``Members`` (all active)."""
+def _stacked_members(states: Sequence[TrainState], stacked: NamedSharding) -> Members:
+    """The members' states stacked into one ``Members`` (all active), placed ``stacked``."""
 
     def stack(*trees: Any) -> Members:
         state = stack_trees(trees)
         best = {"params": state.params, "batch_stats": state.batch_stats}
         return Members(state=state, best=best, active=jnp.ones((len(trees),), bool))
 
-    return jax.jit(stack, out_shardings=sharding_lib.replicated(mesh))(*states)
+    return jax.jit(stack, out_shardings=stacked)(*states)

@@ -37,7 +37,7 @@ import ml_collections
 from jaxnn import callbacks as callbacks_lib
 from jaxnn import checkpoint as checkpoint_lib
 from jaxnn import config as config_lib
-from jaxnn import data, optim, report, sharding, sweep_report
+from jaxnn import data, optim, report, sweep_report
 from jaxnn import run as run_lib
 from jaxnn import workdir as workdir_lib
 from jaxnn.data.augment import AugmentConfig
@@ -201,6 +201,11 @@ def run_sweep(
             print(sweep_report.table_text(finished))
             return finished
         groups = groups_of(members)
+        if config.model.name == "cnn" and jax.devices()[0].platform == "cpu":
+            # XLA CPU runs a convolution vmapped over members' weights (a grouped convolution)
+            # ~3x slower than the members' convolutions one after another (docs/sweeps.md).
+            groups = [[member] for group in groups for member in group]
+            print("CNN on CPU: members train one after another (vmapped convolutions are slower)")
         print(f"Sweep: {len(members)} members in {len(groups)} group(s) trained one after another")
         datasets: dict[str, Any] = {}
         for g, group in enumerate(groups):
@@ -275,7 +280,6 @@ def _sweep(config: ConfigDict, group: list[Member], dataset: Any, monitor: str) 
         metrics=tuple(config.metrics),
         augment=augment if augment.enabled else None,
         steps_per_dispatch=config.steps_per_dispatch or "auto",
-        mesh=sharding.make_mesh(),
         monitor=monitor,
         monitor_mode=config.monitor_mode,
     )

@@ -214,11 +214,21 @@ from test_sweep import CASES, assert_matches_single_runs, data, mlp
 import jax
 assert jax.device_count() == 8, jax.devices()
 x, y = data(n=320)
-for case in ("momentum",):  # seeds and a traced number
-    assert_matches_single_runs(mlp(), CASES[case], x, y,
-                               {{"epochs": 2, "batch_size": 32, "validation_split": 0.25}})
+fit = {{"epochs": 2, "batch_size": 32, "validation_split": 0.25}}
+# 3 members: a (data 8, member 1) mesh, each member's batch over all 8 devices;
+# 4 members: (data 2, member 4), each device pair trains one member.
+four = CASES["momentum"] + [{{"seed": 3, "optimizer": {{"name": "momentum", "momentum": 0.7}}}}]
+for members in (CASES["momentum"], four):
+    sweep, _ = assert_matches_single_runs(mlp(), members, x, y, fit)
+    print(dict(sweep.mesh.shape))
 print("ok on", jax.device_count(), "devices")
 """
+
+
+def test_member_mesh_splits_members_over_as_many_devices_as_divide_them():
+    devices = [jax.devices()[0]] * 8  # only the shape is looked at
+    shape = {k: jaxnn.sharding.member_mesh(k, devices).devices.shape for k in (1, 3, 4, 8, 12)}
+    assert shape == {1: (8, 1), 3: (8, 1), 4: (2, 4), 8: (1, 8), 12: (2, 4)}
 
 
 def test_members_match_single_runs_on_eight_host_devices():
@@ -229,3 +239,4 @@ def test_members_match_single_runs_on_eight_host_devices():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok on 8 devices" in done.stdout
+    assert "{'data': 8, 'member': 1}" in done.stdout and "{'data': 2, 'member': 4}" in done.stdout

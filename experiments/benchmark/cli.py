@@ -30,6 +30,7 @@ from experiments.benchmark.tables import (
     compute_ratios,
     compute_variant_ratios,
     fastest_peers,
+    format_members,
     format_sweep,
     format_table,
     ratios_against_fastest,
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", choices=("fashion_mnist", "random"), default="fashion_mnist")
     parser.add_argument("--bf16", action="store_true", help="also jaxnn with bfloat16 models")
     parser.add_argument("--sweep-dispatch", action="store_true", help="steps_per_dispatch 1/8/32")
+    parser.add_argument(
+        "--sweep", type=int, default=0, metavar="K",
+        help="also K members in one jaxnn.Sweep against the same K configs one after another",
+    )  # fmt: skip
     parser.add_argument(
         "--warm-cache", action="store_true",
         help="also jaxnn with a filled persistent compilation cache (an experiment's re-run)",
@@ -106,12 +111,14 @@ def _frameworks_to_run(args: argparse.Namespace) -> list[str]:
     return frameworks
 
 
-def _run_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _run_subprocess(
+    spec: dict[str, Any], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as result_file:
         command = [sys.executable, "-m", "experiments.benchmark", "--worker", json.dumps(spec)]
         command += ["--worker-out", result_file.name]
         proc = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env
         )
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout)[-3000:]
@@ -131,12 +138,14 @@ def _run_or_error(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 def run_all(
     args: argparse.Namespace, frameworks: list[str], data_dir: Path, time_to_accuracy: bool
-) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict], dict[str, dict]]:
     """Every (workload, framework) in its own worker, one after another; then, with
-    ``--sweep-dispatch``, each workload's sweep. Returns ``(results, sweep)``."""
+    ``--sweep-dispatch``, each workload's dispatch sweep and, with ``--sweep K``, its member
+    sweep. Returns ``(results, dispatch sweep, member sweep)``."""
     base = {"data_dir": str(data_dir), "measured_epochs": args.measured_epochs}
     results: dict[str, dict[str, dict]] = {}
     sweep: dict[str, dict] = {}
+    members: dict[str, dict] = {}
     for workload in args.workloads:
         results[workload] = {}
         for framework in frameworks:
@@ -150,7 +159,28 @@ def run_all(
         if args.sweep_dispatch:
             spec = {**base, "workload": workload, "framework": "jaxnn_sweep"}
             sweep[workload] = _run_or_error(spec, args.timeout)
-    return results, sweep
+        if args.sweep:
+            members[workload] = _run_members(args, base, workload)
+    return results, sweep, members
+
+
+def _run_members(args: argparse.Namespace, base: dict, workload: str) -> dict[str, Any]:
+    """``--sweep K``: the sequential worker (JAX's default device), then the sweep's (one host
+    device per core, as ``jaxnn sweep`` gives itself); their ratios."""
+    spec = {**base, "workload": workload, "framework": "jaxnn_members", "members": args.sweep}
+    cores = len(os.sched_getaffinity(0))
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={cores}"
+    out = {}
+    for mode, env in (("sequential", None), ("sweep", {**os.environ, "XLA_FLAGS": flags.strip()})):
+        try:
+            out[mode] = _run_subprocess({**spec, "mode": mode}, args.timeout, env)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            return {**out, "error": str(error)}
+    out["throughput_ratio"] = (
+        out["sweep"]["train_examples_per_s"] / out["sequential"]["train_examples_per_s"]
+    )
+    out["wall_ratio"] = out["sequential"]["wall_s"] / out["sweep"]["wall_s"]
+    return out
 
 
 def _installed_version(package: str) -> str | None:
@@ -235,8 +265,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         save_arrays(arrays, Path(tmp))
         del arrays  # the workers read the files; the parent need not hold the arrays meanwhile
-        results, sweep = run_all(args, frameworks, Path(tmp), time_to_accuracy)
+        results, sweep, members = run_all(args, frameworks, Path(tmp), time_to_accuracy)
     report = build_report(args, source, time_to_accuracy, results, sweep)
+    if members:
+        report["member_sweep"] = members
     print(
         format_table(
             results, report["ratios"], report["variant_ratios"], report["ratios_vs_fastest"]
@@ -244,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if sweep:
         print(format_sweep(sweep))
+    if members:
+        print(format_members(members))
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
     return report

@@ -190,3 +190,23 @@ def format_sweep(sweep: dict) -> str:
         head = f"  {workload} ({r['train_examples_per_epoch']:,} examples/epoch): "
         lines.append(head + "; ".join(cells) + f"; auto = {r['auto_resolves_to']}")
     return "\n".join(lines)
+
+
+def format_members(members: dict) -> str:
+    """The ``--sweep K`` figures: per workload, the sweep against the same K runs in a row."""
+    lines = ["member sweep (K configs: one jaxnn.Sweep vs jaxnn.Trainer runs one after another):"]
+    for workload, r in members.items():
+        if "error" in r:
+            lines.append(f"  {workload}: failed: {r['error'].splitlines()[0]}")
+            continue
+        seq, sweep = r["sequential"], r["sweep"]
+        lines.append(
+            f"  {workload} K={sweep['members']} ({sweep['train_examples_per_epoch']:,} examples"
+            f"/epoch): train ex/s (all members) sequential {seq['train_examples_per_s']:,.0f} on "
+            f"{seq['devices']} device(s), {seq['cores_busy']:.2f} cores busy; sweep "
+            f"{sweep['train_examples_per_s']:,.0f} on {sweep['devices']} device(s) "
+            f"{sweep['mesh']}, {sweep['cores_busy']:.2f} cores busy: x{r['throughput_ratio']:.2f}"
+            f"; wall incl. compile {seq['wall_s']:.1f}s vs {sweep['wall_s']:.1f}s: "
+            f"x{r['wall_ratio']:.2f}"
+        )
+    return "\n".join(lines)

@@ -69,7 +69,8 @@ def measure_or_skip(framework: str, peer: Peer, log: EpochLog) -> dict[str, Any]
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one measurement in this (fresh) process; ``spec`` comes from the parent.
 
-    ``spec`` holds ``data_dir``, ``workload``, ``framework`` (or ``"jaxnn_sweep"``),
+    ``spec`` holds ``data_dir``, ``workload``, ``framework`` (or ``"jaxnn_sweep"``, or
+    ``"jaxnn_members"`` with ``members`` and ``mode``: ``--sweep K``),
     ``measured_epochs``, ``time_to_accuracy`` and, for ``jaxnn_warm_cache``, ``cache_dir`` and
     ``fill_cache`` (a 2-epoch run that fills the cache).
     """
@@ -79,6 +80,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         from experiments.benchmark.jaxnn_peer import run_dispatch_sweep
 
         return run_dispatch_sweep(workload, data, spec["measured_epochs"])
+    if framework == "jaxnn_members":
+        from experiments.benchmark.members import run_members
+
+        epochs = 1 + spec["measured_epochs"]
+        return run_members(workload, data, spec["members"], epochs, spec["mode"])
     with_accuracy = spec["time_to_accuracy"]
     num_epochs = MAX_EPOCHS[workload] if with_accuracy else 1 + spec["measured_epochs"]
     if spec.get("fill_cache"):  # the same model, steps and evaluation, for 2 epochs
