@@ -222,12 +222,10 @@ def make_sweep_steps(
     names = ("loss", *tuple(metric_names))
     gather = functools.partial(_gather, mesh=mesh)
     eval_batch = _eval_batch_fn(model, loss, names, gather)
-    axis = (
-        sharding.MEMBER_AXIS
-        if mesh is not None and sharding.MEMBER_AXIS in mesh.axis_names
-        else None
+    axes = () if mesh is None else mesh.axis_names
+    vmap = functools.partial(
+        jax.vmap, spmd_axis_name=sharding.MEMBER_AXIS if sharding.MEMBER_AXIS in axes else None
     )
-    vmap = functools.partial(jax.vmap, spmd_axis_name=axis)
     sweep_step = _sweep_step_fn(model, loss, build_tx, values, names, augment, gather, vmap)
 
     def sweep_eval_batch(variables, metrics, x_all, y_all, idx, weight):
@@ -243,7 +241,7 @@ def make_sweep_steps(
             donate_argnums=(0, 1),
             static_argnames=("k", "masked"),
             **out,
-        ),
+        ),  # fmt: skip
         evaluate=jax.jit(
             _evaluate_fn(sweep_eval_batch), donate_argnums=(1,), static_argnames=("k",), **out
         ),
