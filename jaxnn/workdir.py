@@ -54,6 +54,11 @@ OUTPUTS = (
     "confusion_matrix.png",
     "checkpoints",
     "tensorboard",
+    # a sweep's (jaxnn.sweep_run)
+    "members",
+    "groups",
+    "sweep.txt",
+    "sweep.png",
 )
 # Keys that may change between the starts of one run: they do not change what is trained.
 UNTRAINED_KEYS = (

@@ -563,3 +563,27 @@ def test_profile_step_lists_the_ops_of_a_traced_epoch(tmp_path):
     # Named from the optimised HLO; among 30 ops even when a busy machine reorders the top few.
     assert any("dot_general" in line for line in ops), ops
     assert list(tmp_path.joinpath("trace").rglob("*.xplane.pb"))
+
+
+def test_sweep_mode_races_one_sweep_against_the_same_runs_in_a_row(tmp_path):
+    out = tmp_path / "sweep.json"
+    args = ("--frameworks", "jaxnn", "--workloads", "mlp", "--sweep", "2")
+    report, stdout = _run_quick(out, *args)
+    members = report["member_sweep"]["mlp"]
+    sequential, sweep = members["sequential"], members["sweep"]
+    assert sequential["mode"] == "sequential" and sweep["mode"] == "sweep"
+    # One Trainer run per member, one default device; the sweep on one host device per core.
+    assert len(sequential["epoch_train_times_s"]) == 2 and sequential["devices"] == 1
+    assert len(sweep["epoch_train_times_s"]) == 1
+    cores = len(os.sched_getaffinity(0))
+    assert sweep["devices"] == cores and sweep["mesh"]["member"] == math.gcd(2, cores)
+    for side in (sequential, sweep):
+        times = side["epoch_train_times_s"]
+        steady = sum(float(np.median(t[1:])) for t in times)
+        per_run = 2 if side is sweep else 1
+        expected = per_run * side["train_examples_per_epoch"] * len(times) / steady
+        assert side["train_examples_per_s"] == pytest.approx(expected)
+    ratio = sweep["train_examples_per_s"] / sequential["train_examples_per_s"]
+    assert members["throughput_ratio"] == pytest.approx(ratio)
+    assert members["wall_ratio"] == pytest.approx(sequential["wall_s"] / sweep["wall_s"])
+    assert "member sweep (K configs" in stdout and f"x{ratio:.2f}" in stdout

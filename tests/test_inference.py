@@ -103,7 +103,12 @@ def test_loaded_predict_is_trainer_predict_bit_for_bit(binary_run):
     )
     expected = trainer.predict(splits.x_test)
     np.testing.assert_array_equal(loaded.predict(splits.x_test), expected)
-    np.testing.assert_array_equal(loaded.predict(splits.x_test, batch_size=7), expected)
+    # Same batches, same bits; another batch size may round differently (XLA picks kernels by
+    # shape: on the AMD EPYC VM 2 of 40 outputs differed in the last bit).
+    np.testing.assert_array_equal(
+        loaded.predict(splits.x_test, batch_size=7), trainer.predict(splits.x_test, batch_size=7)
+    )
+    np.testing.assert_allclose(loaded.predict(splits.x_test, batch_size=7), expected, rtol=1e-6)
     assert loaded.evaluate(splits.x_test, splits.y_test) == trainer.evaluate(
         splits.x_test, splits.y_test
     )

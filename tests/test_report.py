@@ -34,7 +34,7 @@ def test_confusion_matrix_has_a_colour_bar_and_names_the_split(figures, tmp_path
         class_names=("a", "b", "c"),
     )  # fmt: skip
     probabilities = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 1]]
-    run_lib._plot_confusion(config, tmp_path, dataset, probabilities)
+    run_lib.plot_confusion(config, tmp_path, dataset, probabilities)
     (fig,) = figures
     heat_map, colour_bar = fig.axes
     assert heat_map.get_title() == "mnist_mlp — test split, 5 examples"

@@ -60,18 +60,20 @@ def assert_matches_single_runs(model, members, x, y, fit_kwargs, sweep_kwargs=No
     return sweep, histories
 
 
+# Two members each (the suite's time): one traced number per case, seeds differing too.
 CASES = {
-    "seeds": [{"seed": s, "optimizer": {"name": "adam"}} for s in (0, 1, 2)],
+    "seeds": [{"seed": s, "optimizer": {"name": "adam"}} for s in (0, 1)],
     "learning_rate": [
-        {"seed": 0, "optimizer": {"name": "adam", "learning_rate": lr}} for lr in (3e-3, 1e-3, 3e-4)
+        {"seed": s, "optimizer": {"name": "adam", "learning_rate": lr}}
+        for s, lr in ((0, 3e-3), (1, 3e-4))
     ],
     "l2": [
         {"seed": 1, "optimizer": {"name": "sgd", "learning_rate": 0.1, "l2": l2}}
-        for l2 in (1e-4, 1e-2, 1e-1)
+        for l2 in (1e-4, 1e-1)
     ],
     "momentum": [
         {"seed": s, "optimizer": {"name": "momentum", "learning_rate": 0.05, "momentum": m}}
-        for s, m in ((0, 0.5), (1, 0.9), (2, 0.95))
+        for s, m in ((0, 0.5), (2, 0.95))
     ],
 }
 
@@ -99,7 +101,9 @@ def test_a_cnn_with_batchnorm_and_a_cosine_schedule_matches_single_runs():
 
 def test_a_stopped_member_stands_still_while_the_others_go_on():
     x, y = data()
-    members = CASES["learning_rate"]
+    members = [
+        {"seed": 0, "optimizer": {"name": "adam", "learning_rate": lr}} for lr in (3e-3, 1e-3, 3e-4)
+    ]
     # Member 1's early stopping fires after its first epoch (patience 0, an impossible delta).
     es = [lambda: [], lambda: [EarlyStopping("val_loss", patience=0, min_delta=10.0)], lambda: []]
     sweep = jaxnn.Sweep(mlp(), members)
@@ -167,10 +171,10 @@ def test_evaluate_and_predict_give_every_members_results():
     sweep = jaxnn.Sweep(mlp(), CASES["seeds"])
     sweep.fit(x, y, epochs=1, batch_size=32, verbose=0)
     probabilities = sweep.predict(x[:7])
-    assert probabilities.shape == (3, 7, 3)
+    assert probabilities.shape == (2, 7, 3)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
     results = sweep.evaluate(x, y)
-    assert len(results) == 3
+    assert len(results) == 2
     for i, result in enumerate(results):
         predicted = sweep.predict(x)[i].argmax(-1)
         assert result["accuracy"] == pytest.approx(float((predicted == y).mean()), abs=1e-6)
@@ -179,7 +183,7 @@ def test_evaluate_and_predict_give_every_members_results():
 def test_only_the_numbers_that_differ_are_traced():
     specs = check_members(CASES["momentum"])
     values = traced_values([s.optimizer for s in specs])
-    assert values == {"momentum": [0.5, 0.9, 0.95]}
+    assert values == {"momentum": [0.5, 0.95]}
     assert traced_values([s.optimizer for s in check_members(CASES["seeds"])]) == {}
 
 
@@ -215,10 +219,9 @@ import jax
 assert jax.device_count() == 8, jax.devices()
 x, y = data(n=320)
 fit = {{"epochs": 2, "batch_size": 32, "validation_split": 0.25}}
-# 3 members: a (data 8, member 1) mesh, each member's batch over all 8 devices;
-# 4 members: (data 2, member 4), each device pair trains one member.
-four = CASES["momentum"] + [{{"seed": 3, "optimizer": {{"name": "momentum", "momentum": 0.7}}}}]
-for members in (CASES["momentum"], four):
+# 1 member: a (data 8, member 1) mesh, its batches over all 8 devices;
+# 2 members: (data 4, member 2), each half of the devices trains one member.
+for members in (CASES["momentum"][:1], CASES["momentum"]):
     sweep, _ = assert_matches_single_runs(mlp(), members, x, y, fit)
     print(dict(sweep.mesh.shape))
 print("ok on", jax.device_count(), "devices")
@@ -239,4 +242,4 @@ def test_members_match_single_runs_on_eight_host_devices():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok on 8 devices" in done.stdout
-    assert "{'data': 8, 'member': 1}" in done.stdout and "{'data': 2, 'member': 4}" in done.stdout
+    assert "{'data': 8, 'member': 1}" in done.stdout and "{'data': 4, 'member': 2}" in done.stdout

@@ -109,6 +109,8 @@ def test_a_sweep_command_trains_every_member_tabulates_and_resumes_finished(sour
     assert again.returncode == 0 and "holds a finished sweep" in again.stdout
     changed = experiment(workdir, *SWEEP, "--config.batch_size=8", sources=sources)
     assert changed.returncode == 2 and "batch_size" in changed.stderr
+    other_sweep = experiment(workdir, "--sweep.seed=(0,1,2)", sources=sources)
+    assert other_sweep.returncode == 2 and "sweep" in other_sweep.stderr
 
     compared = jaxnn("compare", str(workdir), "--out", "cmp.png", sources=sources, cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
@@ -136,6 +138,14 @@ def test_jaxnn_sweep_groups_what_cannot_share_a_program_and_refuses_typos(source
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 members in 2 group(s)" in done.stdout
     assert done.stdout.count("member(s) at once") == 2
+    fresh = jaxnn(
+        "sweep", "fashion_mnist_mlp", f"--workdir={tmp_path / 'sweep'}",
+        f"--config.dataset.data_dir={tmp_path / 'tfds'}", *TINY, "--config.fresh=True",
+        "--sweep.seed=(5,)", sources=sources, cwd=tmp_path,
+    )  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "sweep" / "members").iterdir()] == ["00_seed=5"]
+    assert sorted(p.name for p in (tmp_path / "sweep" / "groups").iterdir()) == ["0"]
     typo = jaxnn(
         "sweep", "fashion_mnist_mlp", "--sweep.optimizer.learnign_rate=(1e-3,1e-4)",
         sources=sources, cwd=tmp_path,
