@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from typing import Any
 
 import jax
 import numpy as np
@@ -20,7 +21,17 @@ import numpy as np
 from jaxnn import sharding
 from jaxnn.utils import ceil_div, round_up
 
-__all__ = ["BatchPlan", "Fed", "Feeder", "steps_per_epoch"]
+__all__ = ["BatchPlan", "Fed", "Feeder", "dispatch_size", "steps_per_epoch"]
+
+
+def dispatch_size(steps_per_dispatch: int | str, params: Any, num_steps: int) -> int:
+    """Optimizer steps per compiled call for an epoch of ``num_steps`` steps: the number asked
+    for, or for ``"auto"`` 1 for convolutional models (``params`` holds a 4-D kernel; XLA CPU
+    runs scanned convolution steps slower) and up to 32 otherwise."""
+    if steps_per_dispatch != "auto":
+        return min(int(steps_per_dispatch), num_steps)
+    convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(params))
+    return 1 if convolutional else min(32, num_steps)
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = False) -> int:

@@ -290,12 +290,11 @@ class Sweep:
 
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call (as ``Trainer.dispatch_size``)."""
-        if self.steps_per_dispatch != "auto":
-            return min(int(self.steps_per_dispatch), num_steps)
-        params = self.loop.state.state.params
-        # Stacked: a convolution kernel has the member axis in front of its 4 axes.
-        convolutional = any(leaf.ndim == 5 for leaf in jax.tree_util.tree_leaves(params))
-        return 1 if convolutional else min(32, num_steps)
+        # A member's parameters decide, as for its single run.
+        params = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), self.loop.state.state.params
+        )
+        return feeding.dispatch_size(self.steps_per_dispatch, params, num_steps)
 
     def plan(
         self, n: int, batch_size: int, num_batches: int, rows: Sequence[np.ndarray | None], keys

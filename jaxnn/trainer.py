@@ -107,13 +107,6 @@ def _learning_rate_logs(opt_state: Any) -> dict[str, float]:
     return {} if math.isnan(learning_rate) else {"learning_rate": learning_rate}
 
 
-def _dispatch_size(steps_per_dispatch: int | str, params: Any, num_steps: int) -> int:
-    if steps_per_dispatch != "auto":
-        return min(int(steps_per_dispatch), num_steps)
-    convolutional = any(leaf.ndim == 4 for leaf in jax.tree_util.tree_leaves(params))
-    return 1 if convolutional else min(32, num_steps)
-
-
 def _require_state(state: TrainState | None, what: str) -> None:
     if state is None:
         raise RuntimeError(f"{what}() needs a trained model: call fit() first.")
@@ -233,7 +226,7 @@ class Trainer:
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
         ``steps_per_dispatch="auto"``: 1 for convolutional models, else up to 32)."""
-        return _dispatch_size(self.steps_per_dispatch, self.state.params, num_steps)
+        return feeding.dispatch_size(self.steps_per_dispatch, self.state.params, num_steps)
 
     def empty_train_metrics(self) -> dict[str, Any]:
         """An empty train accumulator replicated over the mesh (a mid-epoch restore's template)."""
