@@ -43,6 +43,7 @@ __all__ = [
     "close_progress_bars",
     "format_logs",
     "format_value",
+    "improved",
 ]
 
 
@@ -204,7 +205,9 @@ def close_progress_bars() -> None:
         logger.close()
 
 
-def _improved(mode: str, current: float, best: float, min_delta: float) -> bool:
+def improved(mode: str, current: float, best: float, min_delta: float = 0.0) -> bool:
+    """Whether ``current`` beats ``best`` by more than ``min_delta`` (below for ``"min"``, above
+    for ``"max"``): the rule of early stopping, the plateau and a sweep member's best epoch."""
     if mode == "min":
         return current < best - min_delta
     return current > best + min_delta
@@ -281,7 +284,7 @@ class EarlyStopping(_Monitor):
 
     def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         current = self._current(logs)
-        if _improved(self.mode, current, self.best, self.min_delta):
+        if improved(self.mode, current, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
                 # A host copy: the device buffers are donated to the next train step.
@@ -350,7 +353,7 @@ class ReduceLROnPlateau(_Monitor):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        if _improved(self.mode, current, self.best, self.min_delta):
+        if improved(self.mode, current, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             return
         if self.cooldown_counter > 0:

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxnn import inputs, optim
 from jaxnn import metrics as metrics_lib
-from jaxnn.callbacks import Callback, ProgressLogger
+from jaxnn.callbacks import Callback, ProgressLogger, improved
 from jaxnn.state import rng_streams
 from jaxnn.step import split_train_metrics
 from jaxnn.utils import round_up
@@ -337,10 +337,7 @@ class EpochFit:
         value = logs.get(monitor) if monitor else None
         if monitor and value is None:
             raise KeyError(f"monitor: {monitor!r} is not in the epoch logs; have {sorted(logs)}")
-        better = record.best is None or value is None
-        if not better:
-            better = value > record.best if sweep.monitor_mode == "max" else value < record.best
-        if better:
+        if value is None or record.best is None or improved(sweep.monitor_mode, value, record.best):
             record.best = None if value is None else float(value)
             record.best_epoch, record.best_logs = sweep.member_loops[i].epoch, dict(logs)
             self._improved.add(i)
