@@ -13,7 +13,9 @@ forms, after Optax's ``optax.losses``:
 
 ``get(name)`` returns a :class:`Loss`, which bundles the per-example function with what the rest of
 the package needs to know about it (target kind, output activation, task). ``check_targets``
-validates targets on the host, in numpy, before anything compiles.
+validates targets on the host, in numpy, before anything compiles. ``get(name,
+label_smoothing=alpha)`` smooths the targets of the classification losses, as Keras'
+``label_smoothing`` and PyTorch's ``CrossEntropyLoss(label_smoothing=...)`` (integer labels too).
 
 Example::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -176,6 +179,11 @@ def binary_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> A
         >>> binary_crossentropy_per_example(jnp.array([-100.0]), jnp.array([1.0]))
         Array([100.], dtype=float32)
     """
+    return optax.sigmoid_binary_cross_entropy(*_binary_pair(outputs, targets))
+
+
+def _binary_pair(outputs: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+    """Logits and float targets, both ``(B,)``."""
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     batch = _batch_size(outputs)
     if outputs.size != batch or targets.size != batch:
@@ -185,7 +193,7 @@ def binary_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> A
             f"same size; got outputs {outputs.shape} and targets {targets.shape}"
         )
     logits = outputs.reshape(batch)
-    return optax.sigmoid_binary_cross_entropy(logits, targets.reshape(batch).astype(logits.dtype))
+    return logits, targets.reshape(batch).astype(logits.dtype)
 
 
 def categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
@@ -205,6 +213,11 @@ def categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike)
         >>> categorical_crossentropy_per_example(jnp.zeros((1, 4)), jnp.eye(4)[:1])  # log 4
         Array([1.3862944], dtype=float32)
     """
+    return optax.softmax_cross_entropy(*_categorical_pair(outputs, targets))
+
+
+def _categorical_pair(outputs: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+    """Logits ``(B, C)`` and targets ``(B, C)`` in the logits' dtype."""
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     if outputs.ndim != 2 or targets.shape != outputs.shape:
         raise ValueError(
@@ -212,7 +225,7 @@ def categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike)
             f"(one-hot or soft) for categorical_crossentropy; got outputs {outputs.shape} and "
             f"targets {targets.shape}. For integer labels use 'sparse_categorical_crossentropy'."
         )
-    return optax.softmax_cross_entropy(outputs, targets.astype(outputs.dtype))
+    return outputs, targets.astype(outputs.dtype)
 
 
 def sparse_categorical_crossentropy_per_example(outputs: ArrayLike, targets: ArrayLike) -> Array:
@@ -233,6 +246,11 @@ def sparse_categorical_crossentropy_per_example(outputs: ArrayLike, targets: Arr
         >>> sparse_categorical_crossentropy_per_example(jnp.zeros((1, 4)), jnp.array([2]))
         Array([1.3862944], dtype=float32)
     """
+    return optax.softmax_cross_entropy_with_integer_labels(*_sparse_pair(outputs, targets))
+
+
+def _sparse_pair(outputs: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+    """Logits ``(B, C)`` and int32 labels ``(B,)``."""
     outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
     if outputs.ndim != 2 or targets.size != outputs.shape[0]:
         raise ValueError(
@@ -240,8 +258,48 @@ def sparse_categorical_crossentropy_per_example(outputs: ArrayLike, targets: Arr
             f"(B,) for sparse_categorical_crossentropy; got outputs {outputs.shape} and targets "
             f"{targets.shape}. For one-hot targets use 'categorical_crossentropy'."
         )
-    labels = targets.reshape(outputs.shape[0]).astype(jnp.int32)
-    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    return outputs, targets.reshape(outputs.shape[0]).astype(jnp.int32)
+
+
+# Label smoothing (Szegedy et al. 2016; Müller et al. 2019, "When does label smoothing help?").
+# Each takes the unsmoothed loss's arguments and the smoothing factor alpha in [0, 1).
+
+
+def _smoothed_categorical(outputs: ArrayLike, targets: ArrayLike, alpha: float) -> Array:
+    """Cross-entropy against ``(1 - alpha) * y + alpha / C`` (Keras' label_smoothing)."""
+    logits, targets = _categorical_pair(outputs, targets)
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, alpha))
+
+
+def _smoothed_sparse(outputs: ArrayLike, targets: ArrayLike, alpha: float) -> Array:
+    """Cross-entropy against the smoothed one-hot labels, ``C = outputs.shape[-1]`` (PyTorch's
+    ``CrossEntropyLoss(label_smoothing=alpha)``)."""
+    logits, labels = _sparse_pair(outputs, targets)
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(one_hot, alpha))
+
+
+def _smoothed_binary(outputs: ArrayLike, targets: ArrayLike, alpha: float) -> Array:
+    """Binary cross-entropy against ``y * (1 - alpha) + alpha / 2`` (Keras' label_smoothing)."""
+    logits, targets = _binary_pair(outputs, targets)
+    return optax.sigmoid_binary_cross_entropy(logits, targets * (1.0 - alpha) + 0.5 * alpha)
+
+
+_SMOOTHED: dict[str, Callable[[ArrayLike, ArrayLike, float], Array]] = {
+    "categorical_crossentropy": _smoothed_categorical,
+    "sparse_categorical_crossentropy": _smoothed_sparse,
+    "binary_crossentropy": _smoothed_binary,
+}
+
+
+def _check_label_smoothing(value: object) -> None:
+    """A real number (not a bool) in ``[0, 1)``; NaN never is."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if not (real and 0 <= value < 1):
+        raise ValueError(
+            f"label_smoothing: expected a real number in [0, 1) (0 = no smoothing, 0.1 is usual); "
+            f"got {value!r}"
+        )
 
 
 def _reduced(per_example: PerExample, name: str) -> Callable[..., Array]:
@@ -294,6 +352,8 @@ class Loss:
       output_activation: maps outputs to predictions (softmax, sigmoid or identity); used by
         ``predict``.
       task: ``"multiclass"``, ``"binary"`` or ``"regression"``.
+      label_smoothing: the smoothing factor ``per_example`` applies to the targets (0: none);
+        recorded here, applied by ``per_example`` (see :func:`get`).
 
     Example::
 
@@ -306,6 +366,7 @@ class Loss:
     target_kind: str
     output_activation: Callable[[Array], Array]
     task: str
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target_kind not in TARGET_KINDS:
@@ -314,6 +375,7 @@ class Loss:
             )
         if self.task not in TASKS:
             raise ValueError(f"task: expected one of {TASKS}; got {self.task!r}")
+        _check_label_smoothing(self.label_smoothing)
 
     def __call__(
         self, outputs: ArrayLike, targets: ArrayLike, weights: ArrayLike | None = None
@@ -359,27 +421,69 @@ def names() -> list[str]:
     return sorted([*_REGISTRY, *_ALIASES])
 
 
-def get(name_or_callable: str | Loss | PerExample) -> Loss:
+def get(name_or_callable: str | Loss | PerExample, *, label_smoothing: float = 0.0) -> Loss:
     """Resolves a loss by name, passes a :class:`Loss` through, or wraps a user function.
 
     A plain callable ``(outputs, targets) -> (B,)`` becomes a regression ``Loss`` (identity output
     activation, ``target_kind="real"``); build a :class:`Loss` yourself for anything else.
 
+    With ``label_smoothing`` :math:`\\alpha > 0` the classification losses train against smoothed
+    targets, as Keras' ``label_smoothing`` and PyTorch's ``CrossEntropyLoss(label_smoothing=)``:
+
+    * ``categorical_crossentropy`` and ``sparse_categorical_crossentropy`` (its integer labels
+      one-hot over the :math:`C` outputs): :math:`y' = (1 - \\alpha)\\, y + \\alpha / C`
+      (``optax.smooth_labels``);
+    * ``binary_crossentropy``: :math:`y' = (1 - \\alpha)\\, y + \\alpha / 2`.
+
+    The loss keeps its name, task and output activation (predictions and metrics use the raw
+    outputs); only the loss value and its gradient change.
+
     Args:
       name_or_callable: one of :func:`names`, a ``Loss``, or a per-example function.
+      label_smoothing: :math:`\\alpha \\in [0, 1)`; 0 returns the registry's ``Loss`` itself.
 
     Returns:
-      A :class:`Loss`.
+      A :class:`Loss`; the same object for the same name and ``label_smoothing``.
 
     Raises:
-      ValueError: for an unknown name (the message lists the valid ones).
+      ValueError: for an unknown name (the message lists the valid ones), a ``label_smoothing``
+        outside ``[0, 1)``, or a non-zero one for a regression loss or for a ``Loss`` or
+        callable (only names are smoothed).
       TypeError: for anything that is neither a string nor callable.
 
     Example::
 
         >>> get("mean_squared_error").name
         'mse'
+        >>> get("sparse_categorical_crossentropy", label_smoothing=0.1).label_smoothing
+        0.1
     """
+    _check_label_smoothing(label_smoothing)
+    loss = _resolve(name_or_callable)
+    if label_smoothing == 0:
+        return loss
+    if not isinstance(name_or_callable, str):
+        what = "a Loss or callable passed as the loss (smooth inside it, or pass a name)"
+    elif loss.name not in _SMOOTHED:
+        what = f"the {loss.task} loss {loss.name!r}, which has no classes to smooth"
+    else:
+        return _smoothed(loss.name, float(label_smoothing))
+    raise ValueError(
+        f"label_smoothing: expected 0 for {what}; smoothing applies to {sorted(_SMOOTHED)}; "
+        f"got {label_smoothing!r}"
+    )
+
+
+@functools.cache
+def _smoothed(name: str, alpha: float) -> Loss:
+    """The registry's ``name`` with smoothed targets; cached so that equal settings give one
+    object."""
+    base = _REGISTRY[name]
+    per_example = functools.partial(_SMOOTHED[name], alpha=alpha)
+    return dataclasses.replace(base, per_example=per_example, label_smoothing=alpha)
+
+
+def _resolve(name_or_callable: str | Loss | PerExample) -> Loss:
     if isinstance(name_or_callable, Loss):
         return name_or_callable
     if isinstance(name_or_callable, str):

@@ -187,6 +187,110 @@ def test_user_callable_is_wrapped_as_regression():
     assert float(value) == pytest.approx(0.125)
 
 
+# label smoothing --------------------------------------------------------------------------------
+
+
+def _smoothed_numpy(logits: np.ndarray, one_hot: np.ndarray, alpha: float) -> np.ndarray:
+    """-sum_c y'_c log softmax(z)_c with y' = (1 - alpha) y + alpha / C, in float64."""
+    targets = (1 - alpha) * one_hot + alpha / one_hot.shape[-1]
+    return -(targets * _log_softmax(logits.astype(np.float64))).sum(-1)
+
+
+@pytest.mark.parametrize("classes, alpha", [(2, 0.1), (5, 0.1), (11, 0.35), (5, 0.9)])
+def test_smoothed_crossentropy_matches_the_numpy_formula(classes, alpha):
+    rng = np.random.default_rng(classes)
+    logits = (rng.normal(size=(B, classes)) * 3).astype(np.float32)
+    labels = rng.integers(0, classes, size=B)
+    one_hot = np.eye(classes, dtype=np.float32)[labels]
+    expected = _smoothed_numpy(logits, one_hot, alpha)
+    sparse = losses.get("sparse_categorical_crossentropy", label_smoothing=alpha)
+    categorical = losses.get("categorical_crossentropy", label_smoothing=alpha)
+    np.testing.assert_allclose(sparse.per_example(logits, labels), expected, rtol=1e-5)
+    np.testing.assert_allclose(sparse.per_example(logits, labels[:, None]), expected, rtol=1e-5)
+    np.testing.assert_allclose(categorical.per_example(logits, one_hot), expected, rtol=1e-5)
+    # Soft targets are smoothed the same way (Keras): y' = (1 - alpha) y + alpha / C.
+    soft = rng.dirichlet(np.ones(classes), size=B).astype(np.float32)
+    np.testing.assert_allclose(
+        categorical.per_example(logits, soft), _smoothed_numpy(logits, soft, alpha), rtol=1e-5
+    )
+    # The sparse and one-hot forms agree, weights included; smoothing changes the value.
+    weights = np.array([1, 0, 2, 1, 1, 0, 1], np.float32)
+    np.testing.assert_allclose(
+        sparse(logits, labels, weights), categorical(logits, one_hot, weights), rtol=1e-6
+    )
+    unsmoothed = losses.get("sparse_categorical_crossentropy")(logits, labels)
+    assert abs(float(sparse(logits, labels)) - float(unsmoothed)) > 1e-3
+
+
+def test_smoothed_binary_crossentropy_uses_keras_targets():
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(B,)) * 3).astype(np.float64)
+    y = rng.integers(0, 2, size=B).astype(np.float64)
+    alpha = 0.2
+    target = y * (1 - alpha) + 0.5 * alpha
+    expected = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0) - logits * target
+    loss = losses.get("binary_crossentropy", label_smoothing=alpha)
+    np.testing.assert_allclose(loss.per_example(logits.astype(np.float32), y), expected, rtol=1e-5)
+    np.testing.assert_allclose(loss.per_example(logits[:, None], y[:, None]), expected, rtol=1e-5)
+
+
+def test_smoothed_gradient_is_softmax_minus_smoothed_targets(x64):
+    rng = np.random.default_rng(6)
+    classes, alpha = 6, 0.15
+    logits = jnp.asarray(rng.normal(size=(B, classes)) * 2, jnp.float64)
+    labels = jnp.asarray(rng.integers(0, classes, size=B))
+    loss = losses.get("sparse_categorical_crossentropy", label_smoothing=alpha)
+    grad = np.asarray(jax.grad(loss)(logits, labels))
+    assert grad.dtype == np.float64
+    targets = (1 - alpha) * np.eye(classes)[np.asarray(labels)] + alpha / classes
+    softmax = np.exp(_log_softmax(np.asarray(logits)))
+    # d/dz of the mean over B examples of -sum_c y'_c log softmax(z)_c.
+    np.testing.assert_allclose(grad, (softmax - targets) / B, rtol=1e-12, atol=1e-15)
+
+
+def test_smoothing_keeps_the_loss_identity_and_zero_returns_the_registry_object():
+    for name in losses.names():
+        assert losses.get(name, label_smoothing=0.0) is losses.get(name)
+        assert losses.get(name, label_smoothing=0) is losses.get(name)
+    base = losses.get("sparse_categorical_crossentropy")
+    smoothed = losses.get("sparse_categorical_crossentropy", label_smoothing=0.1)
+    assert smoothed is losses.get("sparse_categorical_crossentropy", label_smoothing=0.1)
+    assert smoothed is not base and smoothed != base
+    assert (smoothed.name, smoothed.task, smoothed.target_kind) == (
+        "sparse_categorical_crossentropy",
+        "multiclass",
+        "int_labels",
+    )
+    assert smoothed.output_activation is base.output_activation
+    assert (smoothed.label_smoothing, base.label_smoothing) == (0.1, 0.0)
+    assert losses.get(smoothed) is smoothed  # a Loss passes through, as before
+    # float32 or float64 numpy scalars are real numbers too.
+    assert losses.get("categorical_crossentropy", label_smoothing=np.float64(0.2)) is (
+        losses.get("categorical_crossentropy", label_smoothing=0.2)
+    )
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("nan"), float("inf"), True, "0.1", None])
+def test_label_smoothing_out_of_range_is_refused(value):
+    with pytest.raises(ValueError, match=r"^label_smoothing: expected a real number in \[0, 1\)"):
+        losses.get("sparse_categorical_crossentropy", label_smoothing=value)
+
+
+def test_label_smoothing_without_classes_is_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"^label_smoothing: expected 0 for the regression loss 'mse'.*; got 0\.1$",
+    ):
+        losses.get("mean_squared_error", label_smoothing=0.1)
+    own = r"^label_smoothing: expected 0 for a Loss or callable"
+    for loss in (losses.get(SPARSE), losses.mean_absolute_error_per_example):
+        with pytest.raises(ValueError, match=own):
+            losses.get(loss, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"^label_smoothing: expected a real number"):
+        dataclasses.replace(losses.get("mse"), label_smoothing=-1.0)
+    assert losses.get("mae", label_smoothing=0.0) is losses.get("mae")
+
+
 # check_targets --------------------------------------------------------------------------------
 
 
