@@ -19,7 +19,7 @@ from jaxnn import inputs, losses, models, optim
 from jaxnn.data.augment import AugmentConfig, default_augment_options
 from jaxnn.data.splits import DATASETS, check_dataset
 
-__all__ = ["DATASETS", "base_config", "build_model", "check", "optimizer_config"]
+__all__ = ["DATASETS", "base_config", "build_loss", "build_model", "check", "optimizer_config"]
 
 ConfigDict = ml_collections.ConfigDict
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -39,6 +39,8 @@ def base_config() -> ConfigDict:
     c.dataset = _dataset_config()
     c.model = _model_config()
     c.loss = "sparse_categorical_crossentropy"
+    # Classification losses only: targets (1 - a) * y + a / C, as Keras' label_smoothing.
+    c.label_smoothing = 0.0
     c.metrics = ("accuracy",)
     c.optimizer = optim.default_config()
     c.augment = ConfigDict(default_augment_options())  # AugmentConfig's options, all off
@@ -134,7 +136,7 @@ def check(config: ConfigDict) -> None:
     _expect(spd is None or _is_int(spd, 1), "steps_per_dispatch", "None or an integer >= 1", spd)
     check_dataset(config.dataset)
     _check_model(config.model)
-    loss = losses.get(config.loss)  # raises, listing the valid names
+    loss = build_loss(config)  # raises: an unknown name (listing them), a bad label_smoothing
     inputs.check_metric_names(tuple(config.metrics), loss)  # names, and that they fit the loss
     optim.check_config(optimizer_config(config))
     AugmentConfig.from_options(config.augment.to_dict())
@@ -189,6 +191,12 @@ def build_model(cfg: ConfigDict, num_outputs: int) -> models.MLP | models.CNN:
         dense=tuple(cfg.dense),
         **common,
     )
+
+
+def build_loss(config: ConfigDict | dict[str, Any]) -> losses.Loss:
+    """The run's loss: ``config.loss`` with ``config.label_smoothing``, which a config saved
+    before the key existed lacks (it trained without smoothing)."""
+    return losses.get(config["loss"], label_smoothing=config.get("label_smoothing", 0.0))
 
 
 def optimizer_config(config: ConfigDict) -> dict[str, Any]:

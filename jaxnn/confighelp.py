@@ -77,6 +77,7 @@ DESCRIPTIONS: dict[str, str] = {
     "model.kernel_init": "glorot_uniform, he_normal, ... (jaxnn.models.INITIALIZERS)",
     "model.dtype": "float32 | bfloat16 (mixed precision, float32 parameters)",
     "loss": "sparse_categorical_crossentropy, binary_crossentropy, mse, ...",
+    "label_smoothing": "classification losses: targets (1-a)*y + a/C (Keras' label_smoothing)",
     "metrics": "reported besides the loss; must fit the loss's task",
     **{f"optimizer.{key}": text for key, text in _OPTIMIZER.items()},
     "augment.hflip": "flip left-right with probability 1/2",

@@ -150,7 +150,7 @@ def load(workdir: str | Path, which: int | str = "best") -> LoadedModel:
         print(loaded.classes(x[:5]), loaded.class_names)
     """
     from jaxnn import checkpoint  # orbax: imported on first use, so `import jaxnn` stays light
-    from jaxnn.config import build_model
+    from jaxnn.config import build_loss, build_model
 
     path = Path(workdir)
     config = _read_config(path)
@@ -161,7 +161,7 @@ def load(workdir: str | Path, which: int | str = "best") -> LoadedModel:
             f"{error}. A run saves checkpoints as it trains (checkpoint.enabled=True): train or "
             f"resume it with {_RUN_IT.format(path=str(path))}"
         ) from None
-    loss = losses_lib.get(config["loss"])
+    loss = build_loss(config)  # evaluate reports the loss the run trained (its smoothing)
     model_config = ml_collections.ConfigDict(config["model"])
     model = build_model(model_config, _num_outputs(variables["params"]))
     input_shape, class_names = _dataset_info(config["dataset"], variables["params"])

@@ -181,7 +181,7 @@ def _trainer(config: ConfigDict, dataset: Dataset, local: Dataset, mesh) -> Trai
     augment = AugmentConfig.from_options(config.augment.to_dict())
     trainer = Trainer(
         model,
-        loss=config.loss,
+        loss=config_lib.build_loss(config),
         optimizer=config_lib.optimizer_config(config),
         metrics=tuple(config.metrics),
         seed=config.seed,

@@ -276,7 +276,7 @@ def _sweep(config: ConfigDict, group: list[Member], dataset: Any, monitor: str) 
     return Sweep(
         model,
         specs,
-        loss=config.loss,
+        loss=config_lib.build_loss(config),
         metrics=tuple(config.metrics),
         augment=augment if augment.enabled else None,
         steps_per_dispatch=config.steps_per_dispatch or "auto",

@@ -29,17 +29,28 @@ def _experiment(name: str):
         sys.path.remove(str(REPO))
 
 
-@pytest.fixture(scope="module")
-def binary_run(tmp_path_factory):
+def _binary_run(tmp_path_factory, label_smoothing: float = 0.0):
     config = _experiment("binary")
     config.epochs = 1
     config.batch_size = 16
     config.verbose = 0
     config.dataset.num_examples = 200
     config.model.features = (8,)
+    config.label_smoothing = label_smoothing
     workdir = tmp_path_factory.mktemp("binary_run")
     summary = run_lib.run(config, workdir)
     return config, workdir, summary
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    return _binary_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def smoothed_binary_run(tmp_path_factory):
+    """The binary run with label_smoothing: its test_loss is the smoothed loss."""
+    return _binary_run(tmp_path_factory, label_smoothing=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +71,12 @@ def cnn_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ load
-@pytest.mark.parametrize("run", ["binary_run", "cnn_run"])
+@pytest.mark.parametrize("run", ["binary_run", "cnn_run", "smoothed_binary_run"])
 def test_load_rebuilds_the_runs_model_and_its_test_metrics(run, request):
     config, workdir, summary = request.getfixturevalue(run)
     loaded = jaxnn.load(workdir)
     assert isinstance(loaded, jaxnn.LoadedModel)
+    assert loaded.loss is get_loss(config.loss, label_smoothing=config.label_smoothing)
     # One epoch: the best checkpoint is the run's final state, which the summary measured.
     assert report.params_checksum(loaded.variables["params"]) == summary["params_checksum"]
     splits = data.load_splits(config.dataset, config.seed)

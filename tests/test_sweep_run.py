@@ -230,3 +230,15 @@ def test_sweep_flags_parse_into_the_product_of_their_values_and_groups():
         members_of(config, {"checkpoint.keep_latest": (1, 2)})
     with pytest.raises(ValueError, match="epochs: expected an integer >= 1; got 0"):
         members_of(config, {"epochs": (0, 2)})
+
+
+def test_label_smoothing_values_are_separate_groups_and_checked_per_member():
+    config = config_lib.base_config()
+    config.dataset.name = "fashion_mnist"  # seeds share a group; smoothing values do not
+    spec, _ = parse_sweep_args(["--sweep.label_smoothing=(0.0,0.1)", "--sweep.seed=(0,1)"])
+    members = members_of(config, spec)
+    assert [m.setting["label_smoothing"] for m in members] == [0.0, 0.0, 0.1, 0.1]
+    assert [[m.index for m in g] for g in groups_of(members)] == [[0, 1], [2, 3]]
+    assert [config_lib.build_loss(m.config).label_smoothing for m in members] == [0, 0, 0.1, 0.1]
+    with pytest.raises(ValueError, match=r"^label_smoothing: expected a real number in \[0, 1\)"):
+        members_of(config, {"label_smoothing": (0.1, 1.0)})

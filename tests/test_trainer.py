@@ -176,6 +176,23 @@ def test_binary_classification_and_regression():
     np.testing.assert_allclose(regression.predict(xr)[:, 0], yr, atol=0.05)
 
 
+def test_label_smoothing_trains_and_reports_the_smoothed_loss_and_raw_accuracy():
+    x, y = blobs(n=48)
+    loss = jaxnn.losses.get("sparse_categorical_crossentropy", label_smoothing=0.1)
+    model = MLP(features=(8,), num_outputs=3)
+    trainer = Trainer(model, loss=loss, optimizer=optax.adam(0.05), seed=0)
+    history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert trainer.loss is loss and np.all(np.isfinite(history["loss"]))
+    result = trainer.evaluate(x, y)
+    logits = model.apply(trainer.variables, jnp.asarray(x), train=False)
+    # As in Keras: the reported loss is the smoothed one; accuracy is on the raw outputs.
+    assert result["loss"] == pytest.approx(float(loss(logits, y)), rel=1e-5)
+    unsmoothed = jaxnn.losses.get("sparse_categorical_crossentropy")(logits, y)
+    assert abs(result["loss"] - float(unsmoothed)) > 1e-3
+    assert result["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == y)))
+    np.testing.assert_allclose(trainer.predict(x), jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+
+
 def test_cnn_with_batchnorm_trains_and_reports_learning_rate_and_grad_norm():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 64)
