@@ -190,28 +190,12 @@ class Checkpointer:
         self._pending_step: int | None = None
         self._check_writable()
 
-        policies: list[Any] = [checkpoint_managers.LatestN(n=keep_latest)]
-        best_fn = None
-        if best_metric is not None and keep_best > 0:
-            # A step whose metrics lack the name (a run reconfigured in between) ranks last.
-            worst = -math.inf if best_mode == "max" else math.inf
-
-            def best_fn(metrics: Mapping[str, float]) -> float:
-                return float(metrics.get(best_metric, worst))
-
-            policies.append(
-                checkpoint_managers.BestN(
-                    get_metric_fn=best_fn,
-                    reverse=best_mode == "min",
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
+        policy, best_fn = _preservation(keep_latest, keep_best, best_metric, best_mode)
         logging.getLogger("absl").addFilter(_absl_filter)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+                preservation_policy=policy,
                 # best_fn is what makes orbax write each step's metrics to disk, so BestN still
                 # ranks the old steps after a restart (without it they read back as None).
                 best_fn=best_fn,
@@ -444,6 +428,31 @@ class Checkpointer:
                 + "\nMove the folder away to start over, or restore a backup."
             )
         return None
+
+
+def _preservation(
+    keep_latest: int, keep_best: int, best_metric: str | None, best_mode: str
+) -> tuple[Any, Any]:
+    """Orbax's preservation policy (the latest N, plus the best K by ``best_metric``) and the
+    function that ranks a step's metrics (None without a best metric)."""
+    policies: list[Any] = [checkpoint_managers.LatestN(n=keep_latest)]
+    if best_metric is None or keep_best == 0:
+        return checkpoint_managers.AnyPreservationPolicy(policies), None
+    # A step whose metrics lack the name (a run reconfigured in between) ranks last.
+    worst = -math.inf if best_mode == "max" else math.inf
+
+    def best_fn(metrics: Mapping[str, float]) -> float:
+        return float(metrics.get(best_metric, worst))
+
+    policies.append(
+        checkpoint_managers.BestN(
+            get_metric_fn=best_fn,
+            reverse=best_mode == "min",
+            n=keep_best,
+            keep_checkpoints_without_metrics=False,
+        )
+    )
+    return checkpoint_managers.AnyPreservationPolicy(policies), best_fn
 
 
 def _ranking(metrics: Mapping[str, float] | None, best_metric: str | None) -> dict | None:
