@@ -72,25 +72,47 @@ class CheckpointFallbackWarning(UserWarning):
 
 
 class _OrbaxNoise(logging.Filter):
-    """Drops two kinds of orbax log lines: the warning for every save without metrics while a best
-    metric is tracked (mid-epoch saves have none by design), and the errors with tracebacks its
-    threads log when a write or read fails: ``save``/``wait`` raise them as one ``CheckpointError``
-    saying what failed, a restore falls back with a warning naming the reason
-    (``JAXNN_TRACEBACK=1`` keeps them)."""
+    """Drops three kinds of log lines (``JAXNN_TRACEBACK=1`` keeps them all): orbax's warning for
+    every save without metrics while a best metric is tracked (mid-epoch saves have none by
+    design); the errors with tracebacks orbax's threads log when a write or read fails; and
+    asyncio's "exception was never retrieved" for the sibling writes of a failed one, which name a
+    file in a watched checkpoints folder. Orbax stops awaiting those once one write fails,
+    tensorstore fails them into futures nobody reads, and asyncio logs each one whenever Python
+    collects it, after the run's one ``error:`` line too. ``save``/``wait`` raise a failed write
+    as one ``CheckpointError`` saying what failed; a restore falls back with a warning naming the
+    reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directories: set[str] = set()
+
+    def watch(self, directory: Path) -> None:
+        """Filters orbax's and asyncio's log lines from now on, asyncio's about ``directory``."""
+        self.directories.add(f"{directory}{os.sep}")
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).addFilter(self)  # once: a filter is not added twice
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "did not provide metrics" in message:
             return False
+        if _tracebacks_asked():
+            return True
         failure = record.levelno >= logging.ERROR and "orbax" in record.pathname
-        return not (failure and not _tracebacks_asked())
+        return not (failure or self._unread_checkpoint_error(record, message))
+
+    def _unread_checkpoint_error(self, record: logging.LogRecord, message: str) -> bool:
+        if record.name != "asyncio" or "exception was never retrieved" not in message:
+            return False
+        error = str(record.exc_info[1]) if record.exc_info else ""
+        return any(directory in error for directory in self.directories)
 
 
 def _tracebacks_asked() -> bool:
     return bool(os.environ.get("JAXNN_TRACEBACK"))
 
 
-_absl_filter = _OrbaxNoise()
+_orbax_noise = _OrbaxNoise()
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -191,7 +213,7 @@ class Checkpointer:
         self._check_writable()
 
         policy, best_fn = _preservation(keep_latest, keep_best, best_metric, best_mode)
-        logging.getLogger("absl").addFilter(_absl_filter)
+        _orbax_noise.watch(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -296,11 +318,15 @@ class Checkpointer:
             self._pending_step = None
 
     def close(self) -> None:
-        """Waits for a pending save, then releases the manager's threads."""
+        """Waits for a pending save, then releases the manager's threads (orbax waits again
+        there: an error it raises is a ``CheckpointError`` too, as from ``wait``)."""
         try:
             self.wait()
         finally:
-            self._manager.close()
+            try:
+                self._manager.close()
+            except (OSError, ValueError, RuntimeError) as error:
+                raise _save_error(self.directory, self._manager, None, error) from error
 
     # ------------------------------------------------------------------------------ reading
     def all_steps(self) -> list[int]:

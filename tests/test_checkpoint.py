@@ -1,8 +1,10 @@
 """Checkpoints: bitwise round trips, preservation policy, damaged files, mismatches, write errors,
 template-free restore, and a checkpoint saved on 8 devices read back on 1."""
 
+import asyncio
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -399,6 +401,99 @@ def test_a_full_disk_during_a_save_is_a_checkpoint_error_and_earlier_steps_survi
     checkpointer.save(3, state, extra={"epoch": 3})
     assert checkpointer.all_steps() == [3]
     checkpointer.close()
+
+
+def never_retrieved(error: BaseException) -> None:
+    """What a failed orbax write leaves behind: tensorstore fails the sibling writes too, after
+    orbax stopped awaiting them, into asyncio futures nobody reads; asyncio logs each one when
+    Python collects it (here at once; in a run at any later moment, even after its last line)."""
+    loop = asyncio.new_event_loop()
+    loop.create_future().set_exception(error)
+    loop.close()
+
+
+def test_write_errors_nobody_awaits_any_more_are_not_logged_again(tmp_path, caplog, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)
+    ours = ValueError(
+        'OUT_OF_RANGE: Error writing "params.w/0" in OCDBT database at local file '
+        f'"{checkpointer.directory}/2.orbax-checkpoint-tmp/state/ocdbt.process_0/": File too '
+        "large [os_error_code='27']"
+    )
+    elsewhere = ValueError("OUT_OF_RANGE: an error about some other folder")
+    monkeypatch.delenv("JAXNN_TRACEBACK", raising=False)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        never_retrieved(ours)  # save/wait raise it as the one CheckpointError
+        never_retrieved(elsewhere)  # not ours to hide
+        monkeypatch.setenv("JAXNN_TRACEBACK", "1")  # asks for everything
+        never_retrieved(ours)
+    logged = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert logged == [elsewhere, ours]
+    checkpointer.close()
+
+
+def test_a_write_error_orbax_raises_while_closing_is_a_checkpoint_error(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)
+    manager_close = checkpointer._manager.close
+
+    def close_after_a_failed_write():
+        manager_close()
+        raise ValueError("OUT_OF_RANGE: Error writing ...: File too large [os_error_code='27']")
+
+    monkeypatch.setattr(checkpointer._manager, "close", close_after_a_failed_write)
+    with pytest.raises(CheckpointError, match=r"could not save a checkpoint \(File too large\)"):
+        checkpointer.close()
+
+
+# The fault drill's disk-full case, made deterministic: the write fails with EFBIG as on a full
+# disk, and a sibling write's error, left unread by orbax, is collected after the error line
+# (under load that happened on its own, and the command's last line was that ValueError).
+DISK_FULL_COMMAND = """
+import asyncio, atexit, gc, resource, signal
+import numpy as np
+from jaxnn.checkpoint import Checkpointer, CheckpointError
+from jaxnn.cli import main
+from jaxnn.config import base_config
+
+unread = []
+atexit.register(lambda: (unread.clear(), gc.collect()))
+
+def runner(config, workdir, *, stop=None):
+    checkpointer = Checkpointer(workdir)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))  # writes past 2 KiB fail
+    noise = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    checkpointer.save(1, {"w": noise})  # 16 KiB that do not compress
+    try:
+        checkpointer.wait()
+    except CheckpointError as error:
+        loop = asyncio.new_event_loop()
+        unread.append(loop.create_future())
+        unread[-1].set_exception(error.__cause__)
+        loop.close()
+        raise
+
+main(base_config, "unused", runner=runner)
+"""
+
+
+def test_a_full_disk_ends_the_command_with_its_one_error_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAXNN_COMPILATION_CACHE": "off"}
+    env.pop("JAXNN_TRACEBACK", None)
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_COMMAND, f"--workdir={tmp_path}"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert lines[-1].startswith(
+        f"error: {tmp_path / 'checkpoints'}: could not save checkpoint 1 (File too large)"
+    ), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ValueError" not in result.stderr
+    assert not (tmp_path / "checkpoints" / "1").exists()
 
 
 def cnn_state(shift):
