@@ -1,4 +1,4 @@
-"""Fashion-MNIST with an MLP (dropout 0.2, Adam with a cosine decay).
+"""Fashion-MNIST with an MLP (dropout 0.2, label smoothing 0.1, Adam with a cosine decay).
 
     python -m experiments.fashion_mnist_mlp [--workdir=checkpoints/fashion_mnist_mlp]
 
@@ -19,6 +19,7 @@ def get_config():
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-3
     config.optimizer.schedule.name = "cosine"
+    config.label_smoothing = 0.1  # chosen on the validation split, 3 seeds (docs/accuracy.md)
     config.epochs = 20
     config.batch_size = 128
     return config
