@@ -27,6 +27,7 @@ EXPERIMENTS = [
     "mnist_cnn",
     "fashion_mnist_mlp",
     "fashion_mnist_cnn",
+    "fashion_mnist_cnn_augmented",
     "cifar10_cnn",
     "cifar10_cnn_augmented",
     "regression",
