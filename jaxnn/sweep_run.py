@@ -4,8 +4,9 @@ share one compiled program trained at once (``jaxnn.sweep.Sweep``).
 
 Members that differ only in ``seed`` (image datasets scaled to [0, 1]) and in the optimizer
 numbers of ``jaxnn.optim.TRACEABLE`` form one group, trained together with ``jax.vmap``; any
-other difference (widths, dropout rate, batch size, the model, augmentation, schedule lengths, an
-L2 or momentum of 0 beside non-zero ones) makes groups of their own, run one after another.
+other difference (widths, dropout rate, batch size, the model, augmentation, label smoothing,
+schedule lengths, an L2 or momentum of 0 beside non-zero ones) makes groups of their own, run
+one after another.
 
 The workdir::
 
