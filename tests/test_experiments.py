@@ -205,6 +205,42 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
     assert rerun["params_checksum"] == summary["params_checksum"]
 
 
+def test_augmented_cnn_command_trains_with_its_recipe(sources, tmp_path):
+    """``python -m experiments.fashion_mnist_cnn_augmented`` as a user runs it, shrunk by flags."""
+    env = {
+        **os.environ,
+        "JAXNN_DATA_DIR": str(sources / "idx"),
+        "PYTHONPATH": str(REPO),
+        "JAXNN_COMPILATION_CACHE": "off",
+    }
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.fashion_mnist_cnn_augmented",
+            f"--workdir={workdir}",
+            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+            "--config.epochs=2",
+            "--config.batch_size=16",
+            "--config.model.filters=(4,8)",
+            "--config.model.dense=(16,)",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_outputs(workdir, classifier=True, epochs=2)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["augment"]["hflip"] is True and config["augment"]["crop_padding"] == 2
+    assert config["model"]["bn_momentum"] == 0.9 and config["model"]["filters"] == [4, 8]
+    assert config["optimizer"]["schedule"]["name"] == "warmup_cosine"
+    assert config["optimizer"]["learning_rate"] == 2e-3 and config["epochs"] == 2
+
+
 def test_unknown_config_key_lists_close_matches(sources, tmp_path):
     result = cli(["--config.optimizer.learning_rat=0.1"], tmp_path, sources)
     assert result.returncode != 0
