@@ -87,6 +87,7 @@ DESCRIPTIONS: dict[str, str] = {
     "augment.rotation": "random rotation within +- this many degrees",
     "augment.brightness": "add a random delta within +- this",
     "augment.contrast": "scale the contrast by a factor within 1 +- this",
+    "augment.erasing": "zero one random rectangle of an image with this probability",
     "monitor": "the logged value that picks the best epoch and checkpoint",
     "monitor_mode": "max | min: whether a larger monitor is better",
     "early_stopping.enabled": "stop when monitor has not improved for patience epochs",

@@ -121,6 +121,49 @@ def test_contrast_scales_the_deviation_from_the_image_mean():
     assert ((factor[:, 0] >= 0.7 - 1e-5) & (factor[:, 0] <= 1.3 + 1e-5)).all()
 
 
+def erased_rectangle(out: np.ndarray, image: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) of the one zeroed rectangle of ``out`` (the rest equal to ``image``
+    bitwise), None when nothing was erased; fails on any other difference."""
+    zero = (out == 0).all(axis=-1)
+    np.testing.assert_array_equal(out[~zero], image[~zero])
+    if not zero.any():
+        return None
+    rows, cols = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert zero.sum() == height * width  # one filled rectangle, no holes
+    return height, width
+
+
+def test_erasing_zeroes_one_rectangle_of_torchvisions_size_and_shape():
+    image = known_image(h=28, w=28, c=1, seed=5)
+    out = np.asarray(jax.jit(lambda k, b: augment(k, b, erasing=1.0))(KEY, np.stack([image] * 256)))
+    sizes = np.array([erased_rectangle(o, image) for o in out])
+    area = sizes[:, 0] * sizes[:, 1] / 28**2
+    ratio = sizes[:, 0] / sizes[:, 1]
+    # 2-33 % of the area and a ratio in [0.3, 3.3], give or take each side's rounding to a pixel.
+    assert area.min() >= 0.01 and area.max() <= 0.38 and 0.1 < area.mean() < 0.25
+    assert ratio.min() >= 0.25 and ratio.max() <= 4.0 and (ratio < 1).any() and (ratio > 1).any()
+    assert len({tuple(s) for s in sizes}) > 50  # drawn per example
+
+
+def test_erasing_probability_is_per_example():
+    image = known_image(h=12, w=12, c=3, seed=6)
+    out = np.asarray(augment(KEY, np.stack([image] * 400), erasing=0.5))
+    erased = sum(erased_rectangle(o, image) is not None for o in out)
+    assert 160 <= erased <= 240  # Binomial(400, 0.5): mean 200, std 10
+
+
+def test_erasing_leaves_the_other_options_draws_unchanged():
+    """Erasing comes last with a key of its own: outside its rectangle, the batch is what the
+    other options gave without it, so turning it on does not reshuffle flips and crops."""
+    batch = np.stack([known_image(seed=i) for i in range(32)])
+    options = {"hflip": True, "crop_padding": 2, "brightness": 0.1}
+    without = np.asarray(augment(KEY, batch, **options))
+    with_erasing = np.asarray(augment(KEY, batch, **options, erasing=1.0))
+    for out, expected in zip(with_erasing, without, strict=True):
+        assert erased_rectangle(out, expected) is not None
+
+
 def test_deterministic_per_key_and_jit_equals_eager():
     batch = np.stack([known_image(seed=0)] * 8)
     options = {"hflip": True, "crop_padding": 2, "rotation": 15.0, "brightness": 0.1}
@@ -146,6 +189,7 @@ def test_augment_config_bundles_the_options():
         "rotation",
         "brightness",
         "contrast",
+        "erasing",
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.hflip = False  # type: ignore[misc]
@@ -160,6 +204,7 @@ def test_augment_config_bundles_the_options():
         (np.zeros((2, 8, 8, 1), np.float32), {"width_shift": 1.0}, r"width_shift: .*\[0, 1\)"),
         (np.zeros((2, 8, 8, 1), np.float32), {"rotation": 400.0}, "rotation: expected degrees"),
         (np.zeros((2, 8, 8, 1), np.float32), {"contrast": 2.0}, "contrast: expected"),
+        (np.zeros((2, 8, 8, 1), np.float32), {"erasing": 1.5}, r"erasing: .*\[0, 1\]; got 1.5"),
     ],
 )
 def test_bad_arguments_are_named(images, options, message):
@@ -182,6 +227,7 @@ def test_the_config_is_the_one_list_of_options_and_defaults():
         "rotation",
         "brightness",
         "contrast",
+        "erasing",
     ]
     assert AugmentConfig.from_options(default_augment_options()) == AugmentConfig()
     assert not AugmentConfig().enabled

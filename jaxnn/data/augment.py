@@ -1,9 +1,9 @@
 """Image augmentation in JAX: jit-compatible, random per example, a pure function of the key.
 
 What the tutorials do with Keras' ImageDataGenerator / RandomFlip / RandomCrop / RandomTranslation
-/ RandomRotation: horizontal flips, random crops of a zero-padded image, integer translations,
-rotations (bilinear, zero fill), and brightness / contrast jitter. Every option off is the
-identity; the Trainer applies it to training batches only.
+/ RandomRotation / RandomErasing: horizontal flips, random crops of a zero-padded image, integer
+translations, rotations (bilinear, zero fill), brightness / contrast jitter and random erasing.
+Every option off is the identity; the Trainer applies it to training batches only.
 
 Example::
 
@@ -59,6 +59,24 @@ def _rotate_by(image: jax.Array, angle: jax.Array) -> jax.Array:
     return jax.vmap(one_channel, in_axes=2, out_axes=2)(image)
 
 
+def _erase(key: jax.Array, image: jax.Array, probability: float) -> jax.Array:
+    """With ``probability``, zeroes one random rectangle of (H, W, C): torchvision's RandomErasing
+    defaults (an area of 2-33 % of the image, a height/width ratio log-uniform in [0.3, 3.3],
+    value 0), except that a side longer than the image is clipped to it instead of redrawn."""
+    h, w, _ = image.shape
+    apply_key, area_key, ratio_key, top_key, left_key = jax.random.split(key, 5)
+    area = jax.random.uniform(area_key, (), minval=0.02, maxval=0.33) * (h * w)
+    log_ratio = jax.random.uniform(ratio_key, (), minval=math.log(0.3), maxval=math.log(3.3))
+    height = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_ratio))), 1, h).astype(jnp.int32)
+    width = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_ratio))), 1, w).astype(jnp.int32)
+    top = jax.random.randint(top_key, (), 0, h - height + 1)
+    left = jax.random.randint(left_key, (), 0, w - width + 1)
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+    inside = inside & jax.random.bernoulli(apply_key, probability)
+    return jnp.where(inside[:, :, None], jnp.zeros((), image.dtype), image)
+
+
 def _check_images(images: jax.Array) -> None:
     if images.ndim != 4:
         raise ValueError(f"images: expected (batch, height, width, channels); got {images.shape}")
@@ -88,7 +106,7 @@ def augment(rng: jax.Array, images: jax.Array, **options: Any) -> jax.Array:
       images: floating-point images ``(B, H, W, C)``.
       **options: the fields of ``AugmentConfig`` (all off by default), which documents them:
         ``hflip``, ``crop_padding``, ``width_shift``, ``height_shift``, ``rotation``,
-        ``brightness``, ``contrast``.
+        ``brightness``, ``contrast``, ``erasing``.
 
     Returns:
       The augmented batch; ``images`` itself when every option is off.
@@ -131,6 +149,9 @@ def _augment_one(
         factor = jax.random.uniform(contrast_key, (), minval=1 - contrast, maxval=1 + contrast)
         mean = image.mean()
         image = (image - mean) * factor + mean
+    if config.erasing:
+        # A key of its own (not a sixth split), so the other options draw what they drew before.
+        image = _erase(jax.random.fold_in(key, 5), image, config.erasing)
     return image.astype(dtype)
 
 
@@ -155,6 +176,9 @@ class AugmentConfig:
         (no clipping: the images may already be standardised).
       contrast: scale each image's deviation from its mean by a factor in [1 - c, 1 + c],
         c in [0, 1].
+      erasing: with this probability in [0, 1], set one random rectangle of each image to 0,
+        applied last (torchvision ``RandomErasing(p)`` with its defaults: 2-33 % of the area,
+        height/width ratio in [0.3, 3.3]; Keras ``RandomErasing``).
 
     Example::
 
@@ -169,6 +193,7 @@ class AugmentConfig:
     rotation: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    erasing: float = 0.0
 
     def __post_init__(self) -> None:
         crop_padding = self.crop_padding
@@ -186,6 +211,8 @@ class AugmentConfig:
             raise ValueError(f"brightness: expected >= 0; got {self.brightness!r}")
         if not 0 <= self.contrast <= 1:
             raise ValueError(f"contrast: expected a factor range in [0, 1]; got {self.contrast!r}")
+        if not 0 <= self.erasing <= 1:
+            raise ValueError(f"erasing: expected a probability in [0, 1]; got {self.erasing!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AugmentConfig:
@@ -213,7 +240,7 @@ class AugmentConfig:
         _, h, w, _ = images.shape
         pad_y = max(self.crop_padding, math.ceil(self.height_shift * h))
         pad_x = max(self.crop_padding, math.ceil(self.width_shift * w))
-        if not (self.hflip or pad_y or pad_x or self.rotation or self.brightness or self.contrast):
+        if not self.enabled:
             return images
         one = functools.partial(_augment_one, self, pad_y, pad_x)
         return jax.vmap(one)(jax.random.split(rng, images.shape[0]), images)
