@@ -20,7 +20,7 @@ def get_config():
     config.optimizer.learning_rate = 1e-3
     config.optimizer.schedule.name = "cosine"
     config.label_smoothing = 0.1  # chosen on the validation split, 3 seeds (docs/accuracy.md)
-    config.epochs = 20
+    config.epochs = 30  # 30 over 20: higher validation accuracy over 3 seeds (docs/accuracy.md)
     config.batch_size = 128
     return config
 
