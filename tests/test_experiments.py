@@ -150,22 +150,23 @@ def test_optimizers_experiment_draws_every_curve(sources, tmp_path):
         check_outputs(tmp_path / "run" / name, classifier=True, epochs=1)
 
 
-def cli(args, tmp_path, sources, **kwargs):
+def run_experiment(module, args, tmp_path, sources, cache="off", **kwargs):
+    """``python -m <module> --workdir=<tmp>/run --config.dataset.data_dir=<tmp>/tfds *args`` as a
+    user types it, in a subprocess reading the test's IDX files; ``cache`` is
+    JAXNN_COMPILATION_CACHE."""
     env = {
         **os.environ,
         "JAXNN_DATA_DIR": str(sources / "idx"),
         "PYTHONPATH": str(REPO),
-        "JAXNN_COMPILATION_CACHE": str(tmp_path / "xla_cache"),
+        "JAXNN_COMPILATION_CACHE": cache,
     }
     return subprocess.run(
         [
             sys.executable,
             "-m",
-            "experiments.fashion_mnist_mlp",
+            module,
             f"--workdir={tmp_path / 'run'}",
             f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-            "--config.epochs=1",
-            "--config.model.features=(8,)",
             *args,
         ],
         cwd=REPO,
@@ -173,6 +174,20 @@ def cli(args, tmp_path, sources, **kwargs):
         capture_output=True,
         text=True,
         timeout=300,
+        **kwargs,
+    )
+
+
+def cli(args, tmp_path, sources, **kwargs):
+    """The MLP experiment's command, shrunk to one epoch of an 8-unit MLP, with a compilation
+    cache of its own."""
+    tiny_mlp = ["--config.epochs=1", "--config.model.features=(8,)", *args]
+    return run_experiment(
+        "experiments.fashion_mnist_mlp",
+        tiny_mlp,
+        tmp_path,
+        sources,
+        cache=str(tmp_path / "xla_cache"),
         **kwargs,
     )
 
@@ -207,31 +222,14 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
 
 def test_augmented_cnn_command_trains_with_its_recipe(sources, tmp_path):
     """``python -m experiments.fashion_mnist_cnn_augmented`` as a user runs it, shrunk by flags."""
-    env = {
-        **os.environ,
-        "JAXNN_DATA_DIR": str(sources / "idx"),
-        "PYTHONPATH": str(REPO),
-        "JAXNN_COMPILATION_CACHE": "off",
-    }
     workdir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.fashion_mnist_cnn_augmented",
-            f"--workdir={workdir}",
-            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-            "--config.epochs=2",
-            "--config.batch_size=16",
-            "--config.model.filters=(4,8)",
-            "--config.model.dense=(16,)",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    flags = [
+        "--config.epochs=2",
+        "--config.batch_size=16",
+        "--config.model.filters=(4,8)",
+        "--config.model.dense=(16,)",
+    ]
+    result = run_experiment("experiments.fashion_mnist_cnn_augmented", flags, tmp_path, sources)
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(workdir, classifier=True, epochs=2)
     config = json.loads((workdir / "config.json").read_text())
@@ -279,30 +277,13 @@ def test_fine_tuning_copies_layers_from_another_run_and_freezes_them(sources, tm
 
 
 def test_optimizers_command_runs_from_the_command_line(sources, tmp_path):
-    env = {
-        **os.environ,
-        "JAXNN_DATA_DIR": str(sources / "idx"),
-        "PYTHONPATH": str(REPO),
-        "JAXNN_COMPILATION_CACHE": "off",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.optimizers",
-            f"--workdir={tmp_path / 'run'}",
-            f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-            "--config.epochs=1",
-            "--config.model.features=(8,)",
-            "--config.optimizers=sgd,adam",
-            "--config.verbose=0",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    flags = [
+        "--config.epochs=1",
+        "--config.model.features=(8,)",
+        "--config.optimizers=sgd,adam",
+        "--config.verbose=0",
+    ]
+    result = run_experiment("experiments.optimizers", flags, tmp_path, sources)
     # The locked command-line config once made this command fail before training.
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
