@@ -66,9 +66,9 @@ def _erase(key: jax.Array, image: jax.Array, probability: float) -> jax.Array:
     h, w, _ = image.shape
     apply_key, area_key, ratio_key, top_key, left_key = jax.random.split(key, 5)
     area = jax.random.uniform(area_key, (), minval=0.02, maxval=0.33) * (h * w)
-    log_ratio = jax.random.uniform(ratio_key, (), minval=math.log(0.3), maxval=math.log(3.3))
-    height = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_ratio))), 1, h).astype(jnp.int32)
-    width = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_ratio))), 1, w).astype(jnp.int32)
+    ratio = jnp.exp(jax.random.uniform(ratio_key, (), minval=math.log(0.3), maxval=math.log(3.3)))
+    height = jnp.clip(jnp.round(jnp.sqrt(area * ratio)), 1, h).astype(jnp.int32)
+    width = jnp.clip(jnp.round(jnp.sqrt(area / ratio)), 1, w).astype(jnp.int32)
     top = jax.random.randint(top_key, (), 0, h - height + 1)
     left = jax.random.randint(left_key, (), 0, w - width + 1)
     rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
