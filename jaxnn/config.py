@@ -110,6 +110,7 @@ def _model_config() -> ConfigDict:
             "bn_epsilon": 1e-3,
             "kernel_init": "glorot_uniform",
             "dtype": "float32",  # bfloat16: mixed precision with float32 parameters
+            "test_time_hflip": False,  # cnn: evaluate/predict on each image and its mirror
         }
     )
 
@@ -138,6 +139,14 @@ def check(config: ConfigDict) -> None:
     _check_model(config.model)
     loss = build_loss(config)  # raises: an unknown name (listing them), a bad label_smoothing
     inputs.check_metric_names(tuple(config.metrics), loss)  # names, and that they fit the loss
+    flip, cnn = config.model.test_time_hflip, config.model.name == "cnn"
+    _expect(
+        flip is False or (flip is True and cnn and loss.task == "multiclass"),
+        "model.test_time_hflip",
+        "True or False (True only for model.name='cnn' with a multiclass loss, which averages "
+        f"softmax probabilities; here model.name={config.model.name!r}, a {loss.task} loss)",
+        flip,
+    )
     optim.check_config(optimizer_config(config))
     AugmentConfig.from_options(config.augment.to_dict())
     _expect(
@@ -189,6 +198,7 @@ def build_model(cfg: ConfigDict, num_outputs: int) -> models.MLP | models.CNN:
         kernel_size=cfg.kernel_size,
         pool=cfg.pool or None,
         dense=tuple(cfg.dense),
+        test_time_hflip=bool(cfg.get("test_time_hflip", False)),  # not in older config.json files
         **common,
     )
 

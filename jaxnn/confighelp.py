@@ -76,6 +76,7 @@ DESCRIPTIONS: dict[str, str] = {
     "model.bn_epsilon": "BatchNorm's epsilon (Keras 1e-3, PyTorch and Flax 1e-5)",
     "model.kernel_init": "glorot_uniform, he_normal, ... (jaxnn.models.INITIALIZERS)",
     "model.dtype": "float32 | bfloat16 (mixed precision, float32 parameters)",
+    "model.test_time_hflip": "cnn: evaluate/predict on each image's and its mirror's mean softmax",
     "loss": "sparse_categorical_crossentropy, binary_crossentropy, mse, ...",
     "label_smoothing": "classification losses: targets (1-a)*y + a/C (Keras' label_smoothing)",
     "metrics": "reported besides the loss; must fit the loss's task",

@@ -235,6 +235,10 @@ class CNN(nn.Module):
       bn_momentum, bn_epsilon: BatchNorm's running-average momentum and epsilon (as for MLP).
       kernel_init: a name from ``INITIALIZERS`` or an initialiser.
       dtype: computation dtype; parameters stay float32, logits are float32.
+      test_time_hflip: when not training, classify each image and its mirror image and return
+        the log of their averaged softmax probabilities (logits whose softmax is that average):
+        test-time augmentation for evaluation and prediction. Needs ``num_outputs >= 2``
+        (softmax classifiers); training is unchanged.
     """
 
     filters: Sequence[int] = (32, 64)
@@ -250,6 +254,7 @@ class CNN(nn.Module):
     bn_epsilon: float = _BN_EPSILON
     kernel_init: str | Callable = "glorot_uniform"
     dtype: Any = jnp.float32
+    test_time_hflip: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
@@ -261,6 +266,11 @@ class CNN(nn.Module):
         _check_widths(filters=self.filters, dense=self.dense, num_outputs=(self.num_outputs,))
         if self.pool:
             _check_poolable(x.shape, len(self.filters))
+        flip = self.test_time_hflip and not train
+        if flip:  # the images, then their mirror images, in one batch
+            _check_outputs_for_flip(self.num_outputs)
+            x = jnp.concatenate([x, x[:, :, ::-1]])
+            mask = None if mask is None else jnp.concatenate([mask, mask])
         act = get_activation(self.activation)
         init = get_initializer(self.kernel_init)
         x = x.astype(self.dtype)
@@ -282,4 +292,20 @@ class CNN(nn.Module):
         for width in self.dense:
             x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype)(x))
         x = nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype)(x)
-        return x.astype(jnp.float32)
+        x = x.astype(jnp.float32)
+        return _average_softmax_halves(x) if flip else x
+
+
+def _check_outputs_for_flip(num_outputs: int) -> None:
+    if num_outputs < 2:
+        raise ValueError(
+            "test_time_hflip: averages softmax probabilities, so it needs num_outputs >= 2 (a "
+            f"softmax classifier); got num_outputs={num_outputs}"
+        )
+
+
+def _average_softmax_halves(logits: Array) -> Array:
+    """``log((softmax(a) + softmax(b)) / 2)`` for the two halves ``a, b`` of the batch: logits
+    whose softmax is the average of the halves' probabilities."""
+    first, second = jnp.split(jax.nn.log_softmax(logits), 2)
+    return jnp.logaddexp(first, second) - jnp.log(2.0)

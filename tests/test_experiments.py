@@ -45,6 +45,8 @@ def sources(tmp_path_factory):
 
 def tiny(config, sources: Path, tmp: Path):
     config.epochs = 2
+    schedule = config.optimizer.schedule
+    schedule.warmup_epochs = min(schedule.warmup_epochs, 1.0)  # shorter than the 2 epochs
     config.batch_size = 16
     config.verbose = 0
     config.dataset.data_dir = str(tmp / "tfds")
@@ -221,22 +223,29 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
 
 
 def test_augmented_cnn_command_trains_with_its_recipe(sources, tmp_path):
-    """``python -m experiments.fashion_mnist_cnn_augmented`` as a user runs it, shrunk by flags."""
+    """``python -m experiments.fashion_mnist_cnn_augmented`` as a user runs it, shrunk by flags
+    (6 epochs: its warm-up takes 5)."""
     workdir = tmp_path / "run"
     flags = [
-        "--config.epochs=2",
+        "--config.epochs=6",
         "--config.batch_size=16",
         "--config.model.filters=(4,8)",
         "--config.model.dense=(16,)",
     ]
     result = run_experiment("experiments.fashion_mnist_cnn_augmented", flags, tmp_path, sources)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(workdir, classifier=True, epochs=2)
+    check_outputs(workdir, classifier=True, epochs=6)
     config = json.loads((workdir / "config.json").read_text())
     assert config["augment"]["hflip"] is True and config["augment"]["crop_padding"] == 2
     assert config["model"]["bn_momentum"] == 0.9 and config["model"]["filters"] == [4, 8]
-    assert config["optimizer"]["schedule"]["name"] == "warmup_cosine"
-    assert config["optimizer"]["learning_rate"] == 2e-3 and config["epochs"] == 2
+    assert config["model"]["dropout_rate"] == 0.1 and config["model"]["test_time_hflip"] is True
+    schedule = config["optimizer"]["schedule"]
+    assert schedule["name"] == "warmup_cosine" and schedule["warmup_epochs"] == 5.0
+    assert config["optimizer"]["learning_rate"] == 4e-3
+    with open(workdir / "metrics.csv") as f:
+        lr = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    assert all(lr[i] < lr[i + 1] for i in range(4)), lr  # warming up for 5 epochs
+    assert lr[5] < lr[4] <= 4e-3, lr  # then the cosine decay
 
 
 def test_unknown_config_key_lists_close_matches(sources, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -53,10 +54,8 @@ def smoothed_binary_run(tmp_path_factory):
     return _binary_run(tmp_path_factory, label_smoothing=0.2)
 
 
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    """A tiny MNIST CNN with BatchNorm (batch_stats) and standardised inputs (mean/std)."""
-    root = tmp_path_factory.mktemp("cnn_run")
+def _cnn_run(tmp_path_factory, name: str, **model):
+    root = tmp_path_factory.mktemp(name)
     config = _experiment("mnist_cnn")
     config.epochs = 1
     config.batch_size = 16
@@ -66,12 +65,25 @@ def cnn_run(tmp_path_factory):
     config.dataset.normalization = "standardize"
     config.model.filters = (4, 8)
     config.model.dense = (16,)
+    config.model.update(model)
     summary = run_lib.run(config, root / "workdir")
     return config, root / "workdir", summary
 
 
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    """A tiny MNIST CNN with BatchNorm (batch_stats) and standardised inputs (mean/std)."""
+    return _cnn_run(tmp_path_factory, "cnn_run")
+
+
+@pytest.fixture(scope="module")
+def flipped_cnn_run(tmp_path_factory):
+    """The CNN run with test-time flips: its test metrics average each image and its mirror."""
+    return _cnn_run(tmp_path_factory, "flipped_cnn_run", test_time_hflip=True)
+
+
 # ------------------------------------------------------------------------------ load
-@pytest.mark.parametrize("run", ["binary_run", "cnn_run", "smoothed_binary_run"])
+@pytest.mark.parametrize("run", ["binary_run", "cnn_run", "smoothed_binary_run", "flipped_cnn_run"])
 def test_load_rebuilds_the_runs_model_and_its_test_metrics(run, request):
     config, workdir, summary = request.getfixturevalue(run)
     loaded = jaxnn.load(workdir)
@@ -96,6 +108,21 @@ def test_load_rebuilds_the_runs_model_and_its_test_metrics(run, request):
         np.testing.assert_array_equal(labels, probabilities.argmax(1))
     accuracy = np.mean(labels == splits.y_test.reshape(-1))
     np.testing.assert_allclose(accuracy, summary["test_accuracy"], rtol=1e-6)
+
+
+def test_a_run_with_test_time_flips_predicts_the_mean_of_each_image_and_its_mirror(
+    flipped_cnn_run,
+):
+    config, workdir, summary = flipped_cnn_run
+    loaded = jaxnn.load(workdir)
+    assert loaded.model.test_time_hflip is True
+    plain = dataclasses.replace(loaded, model=loaded.model.clone(test_time_hflip=False))
+    splits = data.load_splits(config.dataset, config.seed)
+    x = splits.x_test
+    expected = (plain.predict(x) + plain.predict(x[:, :, ::-1])) / 2
+    np.testing.assert_allclose(loaded.predict(x), expected, atol=1e-6)
+    accuracy = np.mean(expected.argmax(1) == splits.y_test.reshape(-1))
+    np.testing.assert_allclose(summary["test_accuracy"], accuracy, rtol=1e-6)
 
 
 def test_loaded_predict_is_trainer_predict_bit_for_bit(binary_run):

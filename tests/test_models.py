@@ -44,6 +44,32 @@ def test_cnn_rejects_images_without_channel_axis():
         CNN().init(jax.random.key(0), jnp.ones((2, 28, 28)), train=False)
 
 
+def test_test_time_hflip_averages_the_probabilities_of_each_image_and_its_mirror():
+    x = jax.random.uniform(jax.random.key(0), (5, 12, 10, 1))
+    plain = CNN(filters=(4, 8), dense=(16,), dropout_rate=0.1)
+    flip = CNN(filters=(4, 8), dense=(16,), dropout_rate=0.1, test_time_hflip=True)
+    variables = plain.init(jax.random.key(1), x, train=False)
+    same = flip.init(jax.random.key(1), x, train=False)  # the same parameters
+    jax.tree_util.tree_map(np.testing.assert_array_equal, same, variables)
+    p = jax.nn.softmax(plain.apply(variables, x, train=False))
+    p_mirror = jax.nn.softmax(plain.apply(variables, x[:, :, ::-1], train=False))
+    logits = flip.apply(variables, x, train=False)
+    assert logits.shape == (5, 10)
+    np.testing.assert_allclose(jax.nn.softmax(logits), (p + p_mirror) / 2, atol=1e-6)
+    np.testing.assert_allclose(jnp.exp(logits).sum(1), 1.0, rtol=1e-6)  # log-probabilities
+    assert not np.allclose(p, p_mirror, atol=1e-3)  # so the average is not the plain output
+    # Training (dropout, batch statistics) is the plain model's, bit for bit.
+    kwargs = {"train": True, "rngs": {"dropout": jax.random.key(2)}, "mutable": ["batch_stats"]}
+    trained, trained_flip = plain.apply(variables, x, **kwargs), flip.apply(variables, x, **kwargs)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, trained, trained_flip)
+
+
+def test_test_time_hflip_needs_a_softmax_classifier():
+    model = CNN(filters=(4,), dense=(), num_outputs=1, test_time_hflip=True)
+    with pytest.raises(ValueError, match=r"^test_time_hflip: .*>= 2.*got num_outputs=1"):
+        model.init(jax.random.key(0), jnp.ones((2, 8, 8, 1)), train=False)
+
+
 @pytest.mark.parametrize(
     "name, formula",
     [
