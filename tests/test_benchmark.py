@@ -587,3 +587,56 @@ def test_sweep_mode_races_one_sweep_against_the_same_runs_in_a_row(tmp_path):
     assert members["throughput_ratio"] == pytest.approx(ratio)
     assert members["wall_ratio"] == pytest.approx(sequential["wall_s"] / sweep["wall_s"])
     assert "member sweep (K configs" in stdout and f"x{ratio:.2f}" in stdout
+
+
+def _initial_weights_and_order(framework: str, seed: int) -> list[np.ndarray]:
+    """A peer's initial weights and first epoch's data order (where the peer draws one itself),
+    built by the worker's ``make_peer`` with ``spec["seed"] = seed`` on random MLP data."""
+    from experiments.benchmark.worker import make_peer
+
+    rng = np.random.default_rng(0)
+    data = {
+        "x_train": rng.random((256, 28, 28, 1), dtype=np.float32),
+        "y_train": rng.integers(0, 10, 256).astype(np.int32),
+        "x_test": rng.random((8, 28, 28, 1), dtype=np.float32),
+        "y_test": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    peer = make_peer(framework, "mlp", data, {"seed": seed})
+    peer.build()
+    if framework == "jaxnn":  # fit draws its data order from the Trainer's seed
+        peer.trainer.initialize(data["x_train"][:1], steps_per_epoch=2)
+        return [np.asarray(w) for w in jax.tree.leaves(peer.trainer.variables)]
+    if framework.startswith("flax"):
+        return [np.asarray(w) for w in jax.tree.leaves(peer.state.params)] + [peer.epoch_batches()]
+    if framework == "torch":
+        import torch
+
+        weights = [p.detach().numpy().copy() for p in peer.model.parameters()]
+        return [*weights, torch.randperm(256, generator=peer.generator).numpy()]
+    return [np.asarray(w) for w in peer.model.get_weights()]  # keras
+
+
+_SEEDED = ["jaxnn", "flax", "flax_resident"] + [
+    name
+    for name, module in (("torch", "torch"), ("keras", "keras"))
+    if importlib.util.find_spec(module) is not None
+]
+
+
+@pytest.mark.parametrize("framework", _SEEDED)
+def test_seed_reaches_every_frameworks_initialisation_and_data_order(framework):
+    first, again, other = (_initial_weights_and_order(framework, s) for s in (1, 1, 0))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_seed_flag_is_recorded_and_a_negative_one_is_refused(tmp_path):
+    out = tmp_path / "benchmark.json"
+    report, _ = _run_quick(out, "--workloads", "mlp", "--frameworks", "jaxnn", "--seed", "3")
+    assert report["config"]["seed"] == 3
+    assert "--seed 3" in report["config"]["command"]
+    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--seed", "-1"]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--seed: expected an integer >= 0; got -1" in proc.stderr

@@ -29,8 +29,10 @@ Frameworks (``--frameworks``; all by default, those needing torch or keras when 
   skipped, with the reason, where Inductor cannot compile, e.g. without a C++ compiler);
 * ``keras``: Keras 3 ``model.fit`` on the JAX backend.
 
-``--bf16`` adds ``jaxnn_bf16`` (models with ``dtype=jnp.bfloat16``). A framework that does not
-apply to a workload or cannot run here has ``{"skipped": reason}`` as its record.
+``--seed S`` (default 0) seeds every framework's initialisation, dropout and data order alike:
+time to accuracy moves with the seed by whole epochs, so compare it over several (``--seed 1``,
+``--seed 2``). ``--bf16`` adds ``jaxnn_bf16`` (models with ``dtype=jnp.bfloat16``). A framework
+that does not apply to a workload or cannot run here has ``{"skipped": reason}`` as its record.
 
 Every (workload, framework) runs in its own subprocess, so its peak RSS is its own, and they run one
 after another on the same machine within one invocation: compare the ratios, not the absolute

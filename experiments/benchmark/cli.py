@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timed epochs after the warm-up one when time-to-accuracy is off (default 1 with "
         "--quick, else 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="every framework's seed: initialisation, dropout and data order (default 0; the "
+        "--sweep and --sweep-dispatch runs keep their own); time to accuracy moves with it",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -90,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for f in args.frameworks:
         if f not in FRAMEWORKS:
             parser.error(f"--frameworks: unknown framework {f!r}; expected some of {FRAMEWORKS}")
+    if args.seed < 0:
+        parser.error(f"--seed: expected an integer >= 0; got {args.seed}")
     if args.measured_epochs is None:
         args.measured_epochs = 1 if args.quick else 2
     return args
@@ -142,7 +149,7 @@ def run_all(
     """Every (workload, framework) in its own worker, one after another; then, with
     ``--sweep-dispatch``, each workload's dispatch sweep and, with ``--sweep K``, its member
     sweep. Returns ``(results, dispatch sweep, member sweep)``."""
-    base = {"data_dir": str(data_dir), "measured_epochs": args.measured_epochs}
+    base = {"data_dir": str(data_dir), "measured_epochs": args.measured_epochs, "seed": args.seed}
     results: dict[str, dict[str, dict]] = {}
     sweep: dict[str, dict] = {}
     members: dict[str, dict] = {}
@@ -237,6 +244,7 @@ def build_report(
             "target_accuracy": TARGET_ACCURACY,
             "max_epochs": MAX_EPOCHS,
             "measured_epochs": args.measured_epochs,
+            "seed": args.seed,
             "command": " ".join(["python -m experiments.benchmark", *sys.argv[1:]]),
         },
         "results": results,

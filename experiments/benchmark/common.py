@@ -170,7 +170,8 @@ def run_epochs(
 class Peer:
     """One framework's side of a measurement, which ``measure`` times.
 
-    A subclass prepares the framework in ``__init__`` (seeds, threads: before the clock starts)
+    A subclass prepares the framework in ``__init__`` (seeds from ``seed``, threads: before the
+    clock starts)
     and supplies ``build`` (model, optimizer, data placement: timed as setup), ``train_epoch`` (one
     synchronised epoch) and ``test_accuracy`` (one pass over the test set, batch
     ``EVAL_BATCH_SIZE``). A framework whose own ``fit`` runs the epochs (jaxnn, Keras) overrides
@@ -185,9 +186,10 @@ class Peer:
     # torch.compile), not a defect in the measurement: the worker reports them as a skip.
     unavailable_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, workload: str, data: dict[str, np.ndarray]) -> None:
+    def __init__(self, workload: str, data: dict[str, np.ndarray], seed: int = 0) -> None:
         self.workload = workload
         self.data = data
+        self.seed = seed  # initialisation, dropout and data order (``--seed``)
         self.examples_per_epoch = len(data["x_train"])
 
     def skip_reason(self) -> str | None:

@@ -98,14 +98,14 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array) -> jax.Ar
 class FlaxPeer(Peer):
     """The Flax example's loop; it drops the incomplete last batch of each epoch."""
 
-    def __init__(self, workload: str, data: dict[str, np.ndarray]):
-        super().__init__(workload, data)
+    def __init__(self, workload: str, data: dict[str, np.ndarray], seed: int = 0):
+        super().__init__(workload, data, seed)
         self.steps = len(data["x_train"]) // BATCH_SIZE
         self.examples_per_epoch = self.steps * BATCH_SIZE
 
     def build(self) -> None:
         model = MLP() if self.workload == "mlp" else CNN()
-        init_key, dropout_key = jax.random.split(jax.random.key(0))
+        init_key, dropout_key = jax.random.split(jax.random.key(self.seed))
         variables = model.init(init_key, jnp.ones((1, 28, 28, 1)), train=False)
         self.state = TrainState.create(
             apply_fn=model.apply,
@@ -114,7 +114,7 @@ class FlaxPeer(Peer):
             batch_stats=variables.get("batch_stats", {}),
             dropout_key=dropout_key,
         )
-        self.rng = np.random.default_rng(0)
+        self.rng = np.random.default_rng(self.seed)
         self.x_test, self.y_test = self.data["x_test"], self.data["y_test"]
 
     def epoch_batches(self) -> np.ndarray:

@@ -55,8 +55,14 @@ class _RecordEpochs(jaxnn.Callback):
 class JaxnnPeer(Peer):
     """jaxnn's Trainer: ``fit`` owns the epochs and times each one synchronised itself."""
 
-    def __init__(self, workload: str, data: dict[str, np.ndarray], dtype: str | None = None):
-        super().__init__(workload, data)
+    def __init__(
+        self,
+        workload: str,
+        data: dict[str, np.ndarray],
+        dtype: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(workload, data, seed)
         self.dtype = jnp.bfloat16 if dtype == "bfloat16" else None
 
     def build(self) -> None:
@@ -65,7 +71,7 @@ class JaxnnPeer(Peer):
             loss="sparse_categorical_crossentropy",
             optimizer=optax.adam(LEARNING_RATE),
             metrics=["accuracy"],
-            seed=0,
+            seed=self.seed,
         )
 
     def train(self, log: EpochLog) -> None:

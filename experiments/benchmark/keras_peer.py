@@ -76,9 +76,9 @@ class _EpochClock(keras.callbacks.Callback):
 class KerasPeer(Peer):
     """``model.fit`` owns the epochs; ``_EpochClock`` reports them to the log."""
 
-    def __init__(self, workload: str, data: dict[str, np.ndarray]):
-        super().__init__(workload, data)
-        keras.utils.set_random_seed(0)
+    def __init__(self, workload: str, data: dict[str, np.ndarray], seed: int = 0):
+        super().__init__(workload, data, seed)
+        keras.utils.set_random_seed(seed)
 
     def build(self) -> None:
         self.model = keras_model(self.workload)

@@ -69,10 +69,11 @@ class TorchPeer(Peer):
         *,
         channels_last: bool = False,
         compile: bool = False,
+        seed: int = 0,
     ):
-        super().__init__(workload, data)
+        super().__init__(workload, data, seed)
         torch.set_num_threads(2)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         self.channels_last, self.compile = channels_last, compile
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if compile:  # read when Inductor first compiles; removed with this object
@@ -99,7 +100,7 @@ class TorchPeer(Peer):
         self.y = torch.from_numpy(self.data["y_train"]).long().to(device)
         self.x_test = self._images(self.data["x_test"])
         self.y_test = torch.from_numpy(self.data["y_test"]).long().to(device)
-        self.generator = torch.Generator().manual_seed(0)
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def _images(self, x: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)

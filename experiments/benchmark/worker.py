@@ -19,7 +19,9 @@ from experiments.benchmark.data import read_arrays
 def make_peer(
     framework: str, workload: str, data: dict[str, np.ndarray], spec: dict[str, Any]
 ) -> Peer:
-    """The peer for ``framework`` (one of ``FRAMEWORKS`` or a jaxnn variant)."""
+    """The peer for ``framework`` (one of ``FRAMEWORKS`` or a jaxnn variant), seeded with
+    ``spec["seed"]`` (0 when absent)."""
+    seed = spec.get("seed", 0)
     if framework in ("jaxnn", "jaxnn_bf16", "jaxnn_warm_cache"):
         if framework == "jaxnn_warm_cache":
             from jaxnn.cli import enable_compilation_cache
@@ -27,15 +29,17 @@ def make_peer(
             enable_compilation_cache(spec["cache_dir"])
         from experiments.benchmark.jaxnn_peer import JaxnnPeer
 
-        return JaxnnPeer(workload, data, dtype="bfloat16" if framework == "jaxnn_bf16" else None)
+        dtype = "bfloat16" if framework == "jaxnn_bf16" else None
+        return JaxnnPeer(workload, data, dtype=dtype, seed=seed)
     if framework == "flax":
         from experiments.benchmark.flax_peer import FlaxPeer
 
-        return FlaxPeer(workload, data)
+        return FlaxPeer(workload, data, seed)
     if framework in ("flax_resident", "flax_scan"):
         from experiments.benchmark.flax_resident_peer import FlaxResidentPeer, FlaxScanPeer
 
-        return (FlaxScanPeer if framework == "flax_scan" else FlaxResidentPeer)(workload, data)
+        peer_class = FlaxScanPeer if framework == "flax_scan" else FlaxResidentPeer
+        return peer_class(workload, data, seed)
     if framework in ("torch", "torch_channels_last", "torch_compile"):
         from experiments.benchmark.torch_peer import TorchPeer
 
@@ -44,11 +48,12 @@ def make_peer(
             data,
             channels_last=framework == "torch_channels_last",
             compile=framework == "torch_compile",
+            seed=seed,
         )
     if framework == "keras":
         from experiments.benchmark.keras_peer import KerasPeer
 
-        return KerasPeer(workload, data)
+        return KerasPeer(workload, data, seed)
     raise ValueError(f"framework: expected one of {FRAMEWORKS} or a jaxnn variant (jaxnn_bf16, "
                      f"jaxnn_warm_cache); got {framework!r}")  # fmt: skip
 
@@ -70,9 +75,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one measurement in this (fresh) process; ``spec`` comes from the parent.
 
     ``spec`` holds ``data_dir``, ``workload``, ``framework`` (or ``"jaxnn_sweep"``, or
-    ``"jaxnn_members"`` with ``members`` and ``mode``: ``--sweep K``),
-    ``measured_epochs``, ``time_to_accuracy`` and, for ``jaxnn_warm_cache``, ``cache_dir`` and
-    ``fill_cache`` (a 2-epoch run that fills the cache).
+    ``"jaxnn_members"`` with ``members`` and ``mode``: ``--sweep K``), ``measured_epochs``,
+    ``time_to_accuracy``, ``seed`` and, for ``jaxnn_warm_cache``, ``cache_dir`` and ``fill_cache``
+    (a 2-epoch run that fills the cache).
     """
     data = read_arrays(Path(spec["data_dir"]))
     workload, framework = spec["workload"], spec["framework"]
