@@ -74,7 +74,7 @@ DESCRIPTIONS: dict[str, str] = {
     "model.batch_norm": "BatchNorm after each hidden layer / convolution",
     "model.bn_momentum": "BatchNorm's running-average momentum (Keras 0.99, PyTorch 0.9)",
     "model.bn_epsilon": "BatchNorm's epsilon (Keras 1e-3, PyTorch and Flax 1e-5)",
-    "model.kernel_init": "glorot_uniform, he_normal, ... (jaxnn.models.INITIALIZERS)",
+    "model.kernel_init": "glorot_uniform (Keras), pytorch_uniform, ... (jaxnn.models.INITIALIZERS)",
     "model.dtype": "float32 | bfloat16 (mixed precision, float32 parameters)",
     "model.test_time_hflip": "cnn: evaluate/predict on each image's and its mirror's mean softmax",
     "loss": "sparse_categorical_crossentropy, binary_crossentropy, mse, ...",

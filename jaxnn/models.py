@@ -44,6 +44,9 @@ INITIALIZERS: dict[str, Callable[..., Any]] = {
     "he_normal": nn.initializers.he_normal(),
     "lecun_uniform": nn.initializers.lecun_uniform(),
     "lecun_normal": nn.initializers.lecun_normal(),
+    # PyTorch's default for Conv2d and Linear weights (kaiming_uniform with a=sqrt(5)): uniform
+    # with bound 1/sqrt(fan_in). Kernels only: biases stay zero, as everywhere in jaxnn.
+    "pytorch_uniform": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
     "zeros": nn.initializers.zeros,
     "ones": nn.initializers.ones,
 }

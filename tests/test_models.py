@@ -118,6 +118,17 @@ def test_he_normal_kernel_init_by_name():
     np.testing.assert_allclose(np.asarray(params["Dense_0"]["kernel"]).var(), 2 / 800, rtol=0.02)
 
 
+def test_pytorch_uniform_kernel_init_has_pytorchs_bound_one_over_sqrt_fan_in():
+    # a 3x3 convolution from 8 channels: fan_in 72, PyTorch's bound 1/sqrt(72)
+    params = CNN(filters=(64,), dense=(), num_outputs=2, pool=None, kernel_init="pytorch_uniform")
+    params = params.init(jax.random.key(3), jnp.ones((1, 4, 4, 8)), train=False)["params"]
+    kernel = np.asarray(params["Conv_0"]["kernel"])
+    bound = 1 / np.sqrt(3 * 3 * 8)
+    assert np.abs(kernel).max() <= bound
+    assert np.abs(kernel).max() > 0.99 * bound
+    np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.05)  # uniform(-a, a) variance
+
+
 @pytest.mark.parametrize("size", [8, 7])
 def test_reshape_pooling_equals_flax_pooling_and_its_gradient(size):
     x = jax.random.normal(jax.random.key(3), (2, size, size, 3))
