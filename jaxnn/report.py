@@ -207,8 +207,20 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
 
     trainable, trainable_bytes = _count(variables["params"])
     frozen, frozen_bytes = _count(variables.get("batch_stats", {}))
-    total_flops = _total_flops(model, variables, x, rows)
+    # With test-time flips an evaluation classifies each image twice: the per-example total is
+    # the plain forward pass (as trained), and the evaluation's cost gets a line of its own.
+    flips = bool(getattr(model, "test_time_hflip", False))
+    plain = model.clone(test_time_hflip=False) if flips else model
+    total_flops = _total_flops(plain, variables, x, rows)
     total_size = _readable_size(trainable_bytes + frozen_bytes)
+    flip_line = (
+        [
+            "FLOPs per example when evaluating or predicting (test-time flips: the image and its "
+            f"mirror image): {_total_flops(model, variables, x, rows):,}"
+        ]
+        if flips
+        else []
+    )
     return "\n".join(
         [
             fmt(header),
@@ -220,6 +232,7 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
             f"Non-trainable params (BatchNorm statistics): {frozen:,} "
             f"({_readable_size(frozen_bytes)})",
             f"FLOPs per example (forward, XLA cost analysis): {total_flops:,}",
+            *flip_line,
         ]
     )
 

@@ -253,6 +253,28 @@ def test_model_summary_names_average_pooling_and_an_mlp_flattening():
     assert rows["Flatten_0"] == ("(None, 12)", 0, 0)
 
 
+def test_model_summary_of_a_flipping_cnn_counts_the_trained_pass_and_the_evaluation_apart():
+    from jaxnn.report import model_summary
+
+    def flops(table: str, prefix: str) -> int:
+        lines = [line for line in table.splitlines() if line.startswith(prefix)]
+        assert len(lines) == 1, table
+        return int(lines[0].rsplit(": ", 1)[1].replace(",", ""))
+
+    plain, flipping = (
+        CNN(filters=(8,), dense=(16,)),
+        CNN(filters=(8,), dense=(16,), test_time_hflip=True),
+    )
+    variables = plain.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)), train=False)
+    plain_table = model_summary(plain, variables, (8, 8, 1))
+    table = model_summary(flipping, variables, (8, 8, 1))
+    assert table.startswith(plain_table)  # the same layers, parameters and per-example total
+    per_example = flops(plain_table, "FLOPs per example (forward")
+    evaluating = flops(table, "FLOPs per example when evaluating or predicting (test-time flips")
+    assert "test-time flips" not in plain_table
+    assert 2 * per_example <= evaluating < 2.2 * per_example  # both images, then the averaging
+
+
 @pytest.mark.parametrize("model_class", [MLP, CNN])
 def test_batch_norm_momentum_and_epsilon_follow_the_formula(model_class):
     # One training step from zero running averages: mean <- (1 - momentum) * batch mean, and
