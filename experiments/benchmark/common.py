@@ -171,11 +171,11 @@ class Peer:
     """One framework's side of a measurement, which ``measure`` times.
 
     A subclass prepares the framework in ``__init__`` (seeds from ``seed``, threads: before the
-    clock starts)
-    and supplies ``build`` (model, optimizer, data placement: timed as setup), ``train_epoch`` (one
-    synchronised epoch) and ``test_accuracy`` (one pass over the test set, batch
-    ``EVAL_BATCH_SIZE``). A framework whose own ``fit`` runs the epochs (jaxnn, Keras) overrides
-    ``train`` instead, reporting each epoch to the log from its callbacks, and ``evaluate``.
+    clock starts) and supplies ``build`` (model, optimizer, data placement: timed as setup),
+    ``train_epoch`` (one synchronised epoch) and ``test_accuracy`` (one pass over the test set,
+    batch ``EVAL_BATCH_SIZE``). A framework whose own ``fit`` runs the epochs (jaxnn, Keras)
+    overrides ``train`` instead, reporting each epoch to the log from its callbacks, and
+    ``evaluate``.
 
     A peer that does not apply to a workload, or cannot run on this machine, says why in
     ``skip_reason`` (checked before the clock starts) or raises one of its ``unavailable_errors``
