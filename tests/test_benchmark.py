@@ -298,13 +298,7 @@ def _flax_peers(workload: str, first: str, second: str, num_train: int = 256):
         "FlaxResidentPeer": flax_resident_peer.FlaxResidentPeer,
         "FlaxScanPeer": flax_resident_peer.FlaxScanPeer,
     }
-    rng = np.random.default_rng(1)
-    data = {
-        "x_train": rng.random((num_train, 28, 28, 1), dtype=np.float32),
-        "y_train": rng.integers(0, 10, num_train).astype(np.int32),
-        "x_test": rng.random((8, 28, 28, 1), dtype=np.float32),
-        "y_test": rng.integers(0, 10, 8).astype(np.int32),
-    }
+    data = bench_data._random_data(num_train, 8)  # what --data random gives, smaller
     peers = classes[first](workload, data), classes[second](workload, data)
     for peer in peers:
         peer.build()
@@ -594,13 +588,7 @@ def _initial_weights_and_order(framework: str, seed: int) -> list[np.ndarray]:
     built by the worker's ``make_peer`` with ``spec["seed"] = seed`` on random MLP data."""
     from experiments.benchmark.worker import make_peer
 
-    rng = np.random.default_rng(0)
-    data = {
-        "x_train": rng.random((256, 28, 28, 1), dtype=np.float32),
-        "y_train": rng.integers(0, 10, 256).astype(np.int32),
-        "x_test": rng.random((8, 28, 28, 1), dtype=np.float32),
-        "y_test": rng.integers(0, 10, 8).astype(np.int32),
-    }
+    data = bench_data._random_data(256, 8)
     peer = make_peer(framework, "mlp", data, {"seed": seed})
     peer.build()
     if framework == "jaxnn":  # fit draws its data order from the Trainer's seed
@@ -617,9 +605,7 @@ def _initial_weights_and_order(framework: str, seed: int) -> list[np.ndarray]:
 
 
 _SEEDED = ["jaxnn", "flax", "flax_resident"] + [
-    name
-    for name, module in (("torch", "torch"), ("keras", "keras"))
-    if importlib.util.find_spec(module) is not None
+    name for name in ("torch", "keras") if importlib.util.find_spec(name) is not None
 ]
 
 
