@@ -224,13 +224,14 @@ def test_command_line_runs_reports_and_says_when_finished(sources, tmp_path):
 
 def test_augmented_cnn_command_trains_with_its_recipe(sources, tmp_path):
     """``python -m experiments.fashion_mnist_cnn_augmented`` as a user runs it, shrunk by flags
-    (6 epochs: its warm-up takes 5)."""
+    (6 epochs: its warm-up takes 5), with PyTorch's initialiser picked by name."""
     workdir = tmp_path / "run"
     flags = [
         "--config.epochs=6",
         "--config.batch_size=16",
         "--config.model.filters=(4,8)",
         "--config.model.dense=(16,)",
+        "--config.model.kernel_init=pytorch_uniform",
     ]
     result = run_experiment("experiments.fashion_mnist_cnn_augmented", flags, tmp_path, sources)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -239,6 +240,7 @@ def test_augmented_cnn_command_trains_with_its_recipe(sources, tmp_path):
     assert config["augment"]["hflip"] is True and config["augment"]["crop_padding"] == 2
     assert config["model"]["bn_momentum"] == 0.9 and config["model"]["filters"] == [4, 8]
     assert config["model"]["dropout_rate"] == 0.1 and config["model"]["test_time_hflip"] is True
+    assert config["model"]["kernel_init"] == "pytorch_uniform"
     schedule = config["optimizer"]["schedule"]
     assert schedule["name"] == "warmup_cosine" and schedule["warmup_epochs"] == 5.0
     assert config["optimizer"]["learning_rate"] == 4e-3
