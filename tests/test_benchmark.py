@@ -617,12 +617,98 @@ def test_seed_reaches_every_frameworks_initialisation_and_data_order(framework):
     assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_seed_flag_is_recorded_and_a_negative_one_is_refused(tmp_path):
+def test_seed_and_repeats_flags_alternate_the_order_and_take_medians_and_paired_ratios(tmp_path):
     out = tmp_path / "benchmark.json"
-    report, _ = _run_quick(out, "--workloads", "mlp", "--frameworks", "jaxnn", "--seed", "3")
-    assert report["config"]["seed"] == 3
-    assert "--seed 3" in report["config"]["command"]
-    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--seed", "-1"]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "--seed: expected an integer >= 0; got -1" in proc.stderr
+    args = ("--workloads", "mlp", "--frameworks", "jaxnn,flax", "--seed", "3", "--repeats", "2")
+    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out), *args]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["config"]["seed"] == 3 and report["config"]["repeats"] == 2
+    assert "--seed 3 --repeats 2" in report["config"]["command"]
+    # The workers ran A B, then B A.
+    order = [
+        line.split(" (round")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("mlp/") and "of 2)" in line
+    ]
+    assert order == ["mlp/jaxnn", "mlp/flax", "mlp/flax", "mlp/jaxnn"]
+    results = report["results"]["mlp"]
+    for framework in ("jaxnn", "flax"):
+        runs = results[framework]["runs"]
+        assert len(runs) == 2
+        for run in runs:
+            _assert_measured("mlp", framework, run)
+        for field in NUMERIC_FIELDS:
+            expected = (runs[0][field] + runs[1][field]) / 2  # the median of two
+            assert results[framework][field] == pytest.approx(expected, rel=1e-12), field
+    paired = [
+        jaxnn["train_examples_per_s"] / flax["train_examples_per_s"]
+        for jaxnn, flax in zip(results["jaxnn"]["runs"], results["flax"]["runs"], strict=True)
+    ]
+    over_rounds = report["ratios_over_rounds"]["mlp"]
+    assert over_rounds["rounds"] == 2 and over_rounds["train_peers"] == ["flax"] * 2
+    assert over_rounds["train_speedup"]["values"] == pytest.approx(paired, rel=1e-12)
+    assert over_rounds["train_speedup"]["median"] == pytest.approx(sum(paired) / 2, rel=1e-12)
+    assert over_rounds["time_to_accuracy_speedup"] is None  # random data: no accuracy target
+    median = over_rounds["train_speedup"]["median"]
+    assert "each row: the median of 2 runs, in rounds of alternating order" in proc.stdout
+    assert (
+        f"mlp jaxnn against each round's fastest peers (2 rounds, frameworks alternated): train "
+        f"x{median:.2f} median"
+    ) in proc.stdout
+    for flag, value, error in (
+        ("--seed", "-1", "--seed: expected an integer >= 0; got -1"),
+        ("--repeats", "0", "--repeats: expected an integer >= 1; got 0"),
+    ):
+        command = [sys.executable, "-m", "experiments.benchmark", "--quick", flag, value]
+        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and error in proc.stderr, proc.stderr
+
+
+def test_median_record_keeps_failures_and_needs_the_target_reached_in_every_run():
+    from experiments.benchmark.repeats import median_record, round_order
+
+    assert [round_order(["a", "b", "c"], r) for r in range(3)] == [
+        ["a", "b", "c"],
+        ["c", "b", "a"],
+        ["a", "b", "c"],
+    ]
+    runs = [
+        {"train_examples_per_s": 4.0, "time_to_accuracy_s": 9.0, "epochs_to_accuracy": 7},
+        {"train_examples_per_s": 1.0, "time_to_accuracy_s": 5.0, "epochs_to_accuracy": 6},
+    ]
+    record = median_record(runs)
+    assert record["train_examples_per_s"] == 2.5 and record["time_to_accuracy_s"] == 7.0
+    assert record["epochs_to_accuracy"] == 6.5 and record["runs"] == runs
+    missed = median_record([*runs, {**runs[0], "time_to_accuracy_s": None}])
+    assert missed["time_to_accuracy_s"] is None and missed["train_examples_per_s"] == 4.0
+    failed = median_record([runs[0], {"error": "boom"}])
+    assert failed == {"error": "boom", "runs": [runs[0], {"error": "boom"}]}
+    assert median_record([{"skipped": "no GPU"}] * 2) == {"skipped": "no GPU"}
+    with pytest.raises(ValueError, match="runs: expected at least one"):
+        median_record([])
+
+
+def test_ratios_over_rounds_pair_each_round_against_its_own_fastest_peer():
+    from experiments.benchmark.repeats import median_record, ratios_over_rounds
+
+    def run(ex_s, tta):
+        return {"train_examples_per_s": ex_s, "time_to_accuracy_s": tta}
+
+    jaxnn = [run(10.0, 5.0), run(20.0, 4.0), run(30.0, None)]
+    flax = [run(8.0, 6.0), run(10.0, 6.0), run(40.0, 2.0)]
+    keras = [run(9.0, 5.5), run(25.0, 8.0), run(20.0, 3.0)]
+    results = {"mlp": {n: median_record(r) for n, r in (("jaxnn", jaxnn), ("flax", flax))}}
+    results["mlp"]["keras"] = median_record(keras)
+    results["mlp"]["flax_scan"] = median_record([run(99.0, 0.1)] * 3)  # a reference: left out
+    out = ratios_over_rounds(results)["mlp"]
+    assert out["train_peers"] == ["keras", "keras", "flax"]
+    assert out["train_speedup"]["values"] == pytest.approx([10 / 9, 20 / 25, 30 / 40])
+    assert out["train_speedup"]["median"] == pytest.approx(0.8)
+    assert out["train_speedup"]["min"] == pytest.approx(0.75)
+    assert out["train_speedup"]["max"] == pytest.approx(10 / 9)
+    # Round 3: jaxnn missed the target, so it has no time-to-accuracy ratio.
+    assert out["time_to_accuracy_peers"] == ["keras", "flax"]
+    assert out["time_to_accuracy_speedup"]["values"] == pytest.approx([5.5 / 5.0, 6.0 / 4.0])
+    assert out["rounds"] == 3

@@ -29,10 +29,16 @@ Frameworks (``--frameworks``; all by default, those needing torch or keras when 
   skipped, with the reason, where Inductor cannot compile, e.g. without a C++ compiler);
 * ``keras``: Keras 3 ``model.fit`` on the JAX backend.
 
-``--seed S`` (default 0) seeds every framework's initialisation, dropout and data order alike:
-time to accuracy moves with the seed by whole epochs, so compare it over several (``--seed 1``,
-``--seed 2``). ``--bf16`` adds ``jaxnn_bf16`` (models with ``dtype=jnp.bfloat16``). A framework
-that does not apply to a workload or cannot run here has ``{"skipped": reason}`` as its record.
+``--seed S`` (default 0) seeds every framework's initialisation, dropout and data order alike: time
+to accuracy moves with the seed by whole epochs, so compare it over several (``--seed 1``,
+``--seed 2``). ``--repeats N`` measures every framework N times in rounds that alternate their order
+(A B C, C B A, ...), so that the machine's drift hits all alike; each record is then the median of
+the framework's runs (its ``runs`` list holds them; the target accuracy counts as reached when every
+run reached it), and ``ratios_over_rounds[workload]`` gives jaxnn's ratios against each round's
+fastest peers, round by round, as median, min, max and values, with the peers named: the figure to
+read for a speed target on a noisy shared machine. ``--bf16`` adds ``jaxnn_bf16`` (models with
+``dtype=jnp.bfloat16``). A framework that does not apply to a workload or cannot run here has
+``{"skipped": reason}`` as its record.
 
 Every (workload, framework) runs in its own subprocess, so its peak RSS is its own, and they run one
 after another on the same machine within one invocation: compare the ratios, not the absolute
@@ -74,9 +80,10 @@ Layout: ``common`` (settings, the epoch loop and its clock, the result record: w
 ``data`` (loaded in the parent, handed to workers as .npy files), one module per framework
 (``jaxnn_peer``, ``flax_peer``, ``flax_resident_peer`` for ``flax_resident`` and ``flax_scan``,
 ``torch_peer`` for the three torch peers, ``keras_peer``: build, train an epoch, evaluate),
-``worker`` (one measurement in a subprocess), ``tables`` (ratios, printed tables) and ``cli`` (the
-parent process). This package imports only the standard library and numpy; a worker imports just
-the framework it measures, so its peak RSS is that framework's.
+``worker`` (one measurement in a subprocess), ``tables`` (ratios, printed tables), ``repeats``
+(``--repeats``: round order, median records, paired ratios) and ``cli`` (the parent process). This
+package imports only the standard library and numpy; a worker imports just the framework it
+measures, so its peak RSS is that framework's.
 """
 
 from experiments.benchmark.cli import main, parse_args

@@ -26,11 +26,13 @@ from experiments.benchmark.common import (
     WORKLOADS,
 )
 from experiments.benchmark.data import load_data, save_arrays
+from experiments.benchmark.repeats import median_record, ratios_over_rounds, round_order
 from experiments.benchmark.tables import (
     compute_ratios,
     compute_variant_ratios,
     fastest_peers,
     format_members,
+    format_over_rounds,
     format_sweep,
     format_table,
     ratios_against_fastest,
@@ -83,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="every framework's seed: initialisation, dropout and data order (default 0; the "
         "--sweep and --sweep-dispatch runs keep their own); time to accuracy moves with it",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeats", type=int, default=1, metavar="N",
+        help="measure every framework N times, in rounds that alternate their order; records are "
+        "the medians, and jaxnn's ratios against the fastest peers are taken round by round "
+        "(default 1)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per subprocess")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -97,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--frameworks: unknown framework {f!r}; expected some of {FRAMEWORKS}")
     if args.seed < 0:
         parser.error(f"--seed: expected an integer >= 0; got {args.seed}")
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected an integer >= 1; got {args.repeats}")
     if args.measured_epochs is None:
         args.measured_epochs = 1 if args.quick else 2
     return args
@@ -150,25 +160,39 @@ def run_all(
     ``--sweep-dispatch``, each workload's dispatch sweep and, with ``--sweep K``, its member
     sweep. Returns ``(results, dispatch sweep, member sweep)``."""
     base = {"data_dir": str(data_dir), "measured_epochs": args.measured_epochs, "seed": args.seed}
+    base["time_to_accuracy"] = time_to_accuracy
     results: dict[str, dict[str, dict]] = {}
     sweep: dict[str, dict] = {}
     members: dict[str, dict] = {}
     for workload in args.workloads:
-        results[workload] = {}
-        for framework in frameworks:
-            spec = {**base, "workload": workload, "framework": framework}
-            spec["time_to_accuracy"] = time_to_accuracy
-            if framework == "jaxnn_warm_cache":
-                spec["cache_dir"] = str(data_dir / "xla_cache" / workload)
-            start = time.perf_counter()
-            results[workload][framework] = _run_or_error(spec, args.timeout)
-            print(f"{workload}/{framework}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
+        results[workload] = _measure_rounds(args, {**base, "workload": workload}, frameworks)
         if args.sweep_dispatch:
             spec = {**base, "workload": workload, "framework": "jaxnn_sweep"}
             sweep[workload] = _run_or_error(spec, args.timeout)
         if args.sweep:
             members[workload] = _run_members(args, base, workload)
     return results, sweep, members
+
+
+def _measure_rounds(
+    args: argparse.Namespace, base: dict[str, Any], frameworks: list[str]
+) -> dict[str, dict]:
+    """One workload's record per framework: one worker each, or with ``--repeats N`` one per
+    round in alternating order, each record then the median of the framework's runs."""
+    runs: dict[str, list[dict]] = {framework: [] for framework in frameworks}
+    for round_index in range(args.repeats):
+        for framework in round_order(frameworks, round_index):
+            spec = {**base, "framework": framework}
+            if framework == "jaxnn_warm_cache":
+                spec["cache_dir"] = str(Path(base["data_dir"]) / "xla_cache" / base["workload"])
+            start = time.perf_counter()
+            runs[framework].append(_run_or_error(spec, args.timeout))
+            label = f"{base['workload']}/{framework}"
+            if args.repeats > 1:
+                label += f" (round {round_index + 1} of {args.repeats})"
+            print(f"{label}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    pick = (lambda r: r[0]) if args.repeats == 1 else median_record
+    return {framework: pick(runs[framework]) for framework in frameworks}
 
 
 def _run_members(args: argparse.Namespace, base: dict, workload: str) -> dict[str, Any]:
@@ -245,6 +269,7 @@ def build_report(
             "max_epochs": MAX_EPOCHS,
             "measured_epochs": args.measured_epochs,
             "seed": args.seed,
+            "repeats": args.repeats,
             "command": " ".join(["python -m experiments.benchmark", *sys.argv[1:]]),
         },
         "results": results,
@@ -253,6 +278,8 @@ def build_report(
         "fastest_peer": fastest,
         "ratios_vs_fastest": ratios_against_fastest(ratios, fastest),
     }
+    if args.repeats > 1:
+        report["ratios_over_rounds"] = ratios_over_rounds(results)
     if sweep:
         report["dispatch_sweep"] = sweep
     return report
@@ -277,11 +304,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = build_report(args, source, time_to_accuracy, results, sweep)
     if members:
         report["member_sweep"] = members
+    if args.repeats > 1:
+        print(f"each row: the median of {args.repeats} runs, in rounds of alternating order")
     print(
         format_table(
             results, report["ratios"], report["variant_ratios"], report["ratios_vs_fastest"]
         )
     )
+    if "ratios_over_rounds" in report:
+        print(format_over_rounds(report["ratios_over_rounds"]))
     if sweep:
         print(format_sweep(sweep))
     if members:

@@ -3,6 +3,7 @@ prints."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from experiments.benchmark.common import DISPATCH_SIZES, REFERENCE_FRAMEWORKS
@@ -208,5 +209,28 @@ def format_members(members: dict) -> str:
             f"{sweep['mesh']}, {sweep['cores_busy']:.2f} cores busy: x{r['throughput_ratio']:.2f}"
             f"; wall incl. compile {seq['wall_s']:.1f}s vs {sweep['wall_s']:.1f}s: "
             f"x{r['wall_ratio']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _spread_text(name: str, spread: dict | None, peers: list[str]) -> str:
+    if spread is None:
+        return f"{name}: in no round"
+    counts = ", ".join(f"{peer} {n}" for peer, n in Counter(peers).most_common())
+    return (
+        f"{name} x{_fmt(spread['median'], 2)} median, x{_fmt(spread['min'], 2)}-"
+        f"x{_fmt(spread['max'], 2)} over {len(spread['values'])} rounds (against {counts})"
+    )
+
+
+def format_over_rounds(over_rounds: dict[str, dict[str, Any]]) -> str:
+    """One line per workload: the paired ratios' median and range, and whom they were against."""
+    lines = []
+    for workload, r in over_rounds.items():
+        train = _spread_text("train", r["train_speedup"], r["train_peers"])
+        tta = _spread_text("tta", r["time_to_accuracy_speedup"], r["time_to_accuracy_peers"])
+        lines.append(
+            f"{workload} jaxnn against each round's fastest peers ({r['rounds']} rounds, "
+            f"frameworks alternated): {train}; {tta}"
         )
     return "\n".join(lines)
