@@ -58,6 +58,7 @@ __all__ = [
     "l2_penalty",
     "make_schedule",
     "rmsprop",
+    "run_lengths_read",
     "set_learning_rate_scale",
     "sgd",
 ]
@@ -551,6 +552,35 @@ def build(
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
     return tx
+
+
+def run_lengths_read(
+    config: Mapping[str, Any] | ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    epochs: int | None = None,
+) -> tuple[int | None, ...]:
+    """What ``build(config, steps_per_epoch=..., epochs=...)`` reads of the run's lengths.
+
+    ``build`` gives the same chain for any two pairs of lengths with the same result, so a
+    caller may keep a chain it built (and the steps compiled with it) while this stays the
+    same: ``()`` for a constant rate or a rate that is an optax schedule of its own,
+    ``(steps_per_epoch,)`` for schedules whose epochs are all given (step, exponential, a cosine
+    with ``total_epochs``), ``(steps_per_epoch, epochs)`` for a cosine over the run's length.
+
+    Example::
+
+        run_lengths_read({"name": "adam"}, steps_per_epoch=469, epochs=10)  # ()
+        run_lengths_read({"schedule": {"name": "cosine"}}, steps_per_epoch=469, epochs=10)
+        # (469, 10)
+    """
+    c = check_config(config)
+    schedule = c["schedule"]
+    if callable(c["learning_rate"]) or schedule["name"] == "constant":
+        return ()
+    if schedule["name"] in ("step", "exponential") or schedule["total_epochs"]:
+        return (steps_per_epoch,)
+    return (steps_per_epoch, epochs)
 
 
 def _with_values(c: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -137,7 +137,7 @@ class Sweep:
         self.member_loops = [TrainLoop() for _ in self.members]
         self.records = [sweep_members.MemberRecord() for _ in self.members]
         self._steps: Steps | None = None
-        self._built_for: tuple[int, int | None] | None = None
+        self._built_for: tuple[int | None, ...] | None = None
         self._resume_pending = False
         self.num_train = 0  # training examples per member (set by initialize / fit)
         self.fold = jax.jit(sweep_members.fold, out_shardings=self._stacked)
@@ -169,9 +169,13 @@ class Sweep:
             self.num_train = n_train
             batch_size = self._feeder.train_batch_size(batch_size, n_train)
             steps_per_epoch = feeding.steps_per_epoch(n_train, batch_size)
-        if self._steps is not None and self._built_for == (steps_per_epoch, epochs):
-            return self.loop.state
         configs = [m.optimizer for m in self.members]
+        # The members' schedules have one shape (``sweep_members`` checks): the first's lengths.
+        built_for = optim.run_lengths_read(
+            configs[0], steps_per_epoch=steps_per_epoch, epochs=epochs
+        )
+        if self._steps is not None and self._built_for == built_for:
+            return self.loop.state
         values = sweep_members.traced_values(configs)
 
         def build_tx(member_values: Mapping[str, jax.Array]):
@@ -202,7 +206,7 @@ class Sweep:
             mesh=self.mesh,
             compiler_options=self.compiler_options,
         )
-        self._built_for = (steps_per_epoch, epochs)
+        self._built_for = built_for
         return self.loop.state
 
     def member_state(self, i: int) -> TrainState:

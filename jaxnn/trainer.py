@@ -100,6 +100,14 @@ def _transformation(optimizer: OptimizerSpec, steps_per_epoch: int, epochs: int 
     return optim.build(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
 
 
+def _lengths_read(optimizer: OptimizerSpec, steps_per_epoch: int, epochs: int | None) -> tuple:
+    """What ``_transformation`` reads of the run's lengths: while it stays the same, so do the
+    transformation and the compiled steps (a user's own transformation reads none)."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return ()
+    return optim.run_lengths_read(optimizer, steps_per_epoch=steps_per_epoch, epochs=epochs)
+
+
 def _learning_rate_logs(opt_state: Any) -> dict[str, float]:
     """``{"learning_rate": ...}`` for an epoch's logs; empty when the optimizer injects no rate
     (a plain optax transformation), rather than a column of NaN."""
@@ -179,7 +187,7 @@ class Trainer:
         self.loop = TrainLoop()
         self._resume_pending = False  # the loop's position and metrics continue an epoch
         self._steps: Steps | None = None
-        self._built_for: tuple[int, int | None] | None = None
+        self._built_for: tuple[int | None, ...] | None = None
 
     # ----------------------------------------------------------------------------- state
     def initialize(
@@ -196,7 +204,8 @@ class Trainer:
         ``fit`` does this itself; call it to restore a checkpoint before ``fit``. Pass the training
         inputs ``x`` (this process's rows) and ``batch_size``: the schedules are built from the
         epoch's length, computed as ``fit`` does (or pass ``steps_per_epoch`` and any ``x`` of the
-        right example shape), and ``epochs``, the run's length. Rebuilt only when these change.
+        right example shape), and ``epochs``, the run's length. Rebuilt (and so compiled again) only
+        when what the optimizer's schedule reads of these changes (``optim.run_lengths_read``).
         """
         x = inputs.as_array("x", x)
         self._inputs.check_x("x", x)
@@ -204,7 +213,10 @@ class Trainer:
             batch_size = inputs.check_int("batch_size", batch_size, 1)
             n = self._feeder.global_count(len(x))
             steps_per_epoch = feeding.steps_per_epoch(n, batch_size, drop_remainder)
-        if self._steps is not None and self._built_for == (steps_per_epoch, epochs):
+        # A later fit extends the run (epochs grows): the steps are rebuilt, and so compiled
+        # again, only when the optimizer's schedule reads the run's length.
+        built_for = _lengths_read(self.optimizer, steps_per_epoch, epochs)
+        if self._steps is not None and self._built_for == built_for:
             return self.state
         tx = _transformation(self.optimizer, steps_per_epoch, epochs)
         if self.state is None:
@@ -220,7 +232,7 @@ class Trainer:
             mesh=self.mesh,
             compiler_options=self.compiler_options,
         )
-        self._built_for = (steps_per_epoch, epochs)
+        self._built_for = built_for
         return self.state
 
     def dispatch_size(self, num_steps: int) -> int:

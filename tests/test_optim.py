@@ -554,3 +554,30 @@ def test_the_ends_of_each_range_that_make_sense_are_accepted():
         optim.build({"name": name, **edges, "schedule": schedule}, steps_per_epoch=1)
     c = optim.check_config({"momentum": np.float32(0.5), "schedule": {"alpha": 0}})
     assert c["momentum"] == 0.5 and c["schedule"]["alpha"] == 0
+
+
+def test_run_lengths_read_names_what_a_schedule_depends_on():
+    def read(config):
+        return optim.run_lengths_read(config, steps_per_epoch=469, epochs=10)
+
+    assert read({"name": "adam"}) == ()
+    assert read({"name": "sgd", "learning_rate": optax.linear_schedule(0.1, 0.0, 100)}) == ()
+    assert read({"schedule": {"name": "step"}}) == (469,)
+    assert read({"schedule": {"name": "exponential"}}) == (469,)
+    assert read({"schedule": {"name": "cosine", "total_epochs": 5}}) == (469,)
+    assert read({"schedule": {"name": "cosine"}}) == (469, 10)
+    assert read({"schedule": {"name": "warmup_cosine"}}) == (469, 10)
+    # The promise behind it: the same lengths read, the same chain, whatever the others are.
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    grads = jax.tree.map(lambda p: p * 0.5, params)
+    config = {"name": "sgd", "learning_rate": 0.1, "schedule": {"name": "step"}}
+    updates = []
+    for epochs in (10, 99):
+        tx = optim.build(config, steps_per_epoch=469, epochs=epochs)
+        state = tx.init(params)
+        for _ in range(3):
+            update, state = tx.update(grads, state, params)
+        updates.append(update)
+    jax.tree.map(np.testing.assert_array_equal, *updates)
+    with pytest.raises(ValueError, match="optimizer.name"):
+        read({"name": "adamm"})

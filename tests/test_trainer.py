@@ -407,3 +407,42 @@ def test_a_plain_optax_optimizer_logs_no_learning_rate_and_a_config_does():
     configured = Trainer(MLP(features=(4,), num_outputs=3), optimizer={"name": "adam"})
     history = configured.fit(x, y, epochs=2, batch_size=16, verbose=0)
     assert history["learning_rate"] == [pytest.approx(1e-3)] * 2
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        optax.adam(1e-2),
+        {"name": "adam", "learning_rate": 1e-2},
+        {"name": "sgd", "schedule": {"name": "step", "decay_every_epochs": 1}},
+    ],
+    ids=["optax", "constant_config", "step_schedule"],
+)
+def test_a_later_fit_reuses_the_compiled_steps_and_continues_bitwise(optimizer):
+    x, y = blobs(n=40)
+    model = MLP(features=(8,), num_outputs=3, dropout_rate=0.1)
+    once = Trainer(model, optimizer=optimizer, seed=0)
+    once.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    twice = Trainer(model, optimizer=optimizer, seed=0)
+    twice.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    steps = twice._steps
+    compiled = steps.train._cache_size()
+    twice.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    # The run grew from 1 to 3 epochs, which none of these optimizers reads: nothing recompiled.
+    assert twice._steps is steps and steps.train._cache_size() == compiled
+    assert tree_equal(once.state, twice.state)
+
+
+def test_a_later_fit_rebuilds_a_cosine_over_the_runs_length():
+    x, y = blobs(n=40)
+    config = {"name": "adam", "learning_rate": 1e-2, "schedule": {"name": "cosine"}}
+    trainer = Trainer(MLP(features=(8,), num_outputs=3), optimizer=config, seed=0)
+    first = trainer.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    steps = trainer._steps
+    later = trainer.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert trainer._steps is not steps  # the run is now 3 epochs of 5 steps, and so the cosine
+    # Each epoch logs the rate of its last update (steps 4, then 9 and 14, counted from 0): the
+    # first cosine spanned 5 steps, the rebuilt one spans 15 (it would have stayed at 0).
+    first_cosine, cosine = (optax.cosine_decay_schedule(1e-2, n) for n in (5, 15))
+    assert first["learning_rate"] == [pytest.approx(float(first_cosine(4)), rel=1e-5)]
+    assert later["learning_rate"] == [pytest.approx(float(cosine(k)), rel=1e-5) for k in (9, 14)]
