@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -260,7 +261,9 @@ class EarlyStopping(_Monitor):
     ``mode="min"``, above for ``"max"``; ``"auto"`` maximises names containing "acc").
     With ``restore_best_weights`` the parameters and BatchNorm statistics of the best epoch are put
     back when training stops early (as in Keras, a run that uses all its epochs keeps its last
-    weights).
+    weights). They are held in host memory, not in ``state_dict``: a run resumed through
+    ``Checkpoint.resume`` takes them from the checkpoint saved at the best epoch's end
+    (``best_step``), which a ``Checkpointer`` with ``keep_best >= 1`` on the same monitor keeps.
 
     Example::
 
@@ -280,12 +283,14 @@ class EarlyStopping(_Monitor):
         super().__init__(monitor, mode, min_delta, patience)
         self.restore_best_weights = restore_best_weights
         self.best_variables = None
+        self.best_step = -1  # the optimizer step at the best epoch's end (its checkpoint's step)
         self.stopped_epoch = -1
 
     def on_epoch_end(self, loop: TrainLoop, epoch: int, logs: dict[str, float]) -> None:
         current = self._current(logs)
         if improved(self.mode, current, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
+            self.best_step = loop.global_step
             if self.restore_best_weights:
                 # A host copy: the device buffers are donated to the next train step.
                 self.best_variables = jax.device_get((loop.state.params, loop.state.batch_stats))
@@ -308,11 +313,27 @@ class EarlyStopping(_Monitor):
             loop.state = loop.state.replace(params=params, batch_stats=batch_stats)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "stopped_epoch": self.stopped_epoch}
+        return {
+            **super().state_dict(),
+            "stopped_epoch": self.stopped_epoch,
+            "best_step": self.best_step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.stopped_epoch = int(state.get("stopped_epoch", -1))
+        self.best_step = int(state.get("best_step", -1))  # absent before checkpoints held it
+        self.best_variables = None  # the best epoch's, from its checkpoint: ``Checkpoint.resume``
+
+    def best_variables_step(self) -> int | None:
+        """The checkpoint step whose parameters and BatchNorm statistics this callback still
+        needs (its best epoch's end, after ``load_state_dict``), or None when it needs none."""
+        wanted = self.restore_best_weights and self.best_variables is None and self.best_step >= 0
+        return self.best_step if wanted else None
+
+    def set_best_variables(self, params: Any, batch_stats: Any) -> None:
+        """The best epoch's parameters and BatchNorm statistics, as restored from its checkpoint."""
+        self.best_variables = jax.device_get((params, batch_stats))
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -505,7 +526,31 @@ class Checkpoint(Callback):
             for name, callback_state in snapshot.callbacks.items():
                 if name in self.stateful:
                     self.stateful[name].load_state_dict(callback_state)
+            self._restore_best_variables(snapshot, metrics)
         return snapshot
+
+    def _restore_best_variables(self, snapshot: Any, metrics: Any) -> None:
+        """Early stopping's best weights, from the checkpoint of its best epoch's end: a resumed
+        run that stops early then ends with the same weights as one never interrupted."""
+        for name, callback in self.stateful.items():
+            step = callback.best_variables_step() if isinstance(callback, EarlyStopping) else None
+            if step is None:
+                continue
+            if step == snapshot.step and not snapshot.position:
+                best = snapshot.state
+            elif step in self.checkpointer.all_steps():
+                template = {"train_state": snapshot.state, "metrics": metrics}
+                best = self.checkpointer.restore(template, step)[0]["train_state"]
+            else:
+                warnings.warn(
+                    f"{name}: the checkpoint of its best epoch (step {step}) is no longer in "
+                    f"{self.checkpointer.directory}, so an early stop keeps the last weights, "
+                    "not the best; keep it with Checkpointer(keep_best=1, best_metric=<the "
+                    "monitor>)",
+                    stacklevel=3,
+                )
+                continue
+            callback.set_best_variables(best.params, best.batch_stats)
 
     def save(self, loop: TrainLoop, logs: dict[str, float] | None = None) -> None:
         """Saves the loop now (mid-epoch metrics checked for NaN/Inf first)."""

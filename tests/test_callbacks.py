@@ -213,3 +213,58 @@ def test_logged_numbers_use_thousands_separators_and_fixed_decimals_not_exponent
     assert format_value("wall_time_s", 12345.67) == "12,345.7"
     assert format_value("best_epoch", 12) == "12"
     assert format_value("test_accuracy", 0.99123) == "0.9912"
+
+
+def _scripted_val_loss(values):
+    class FakeValidation(Callback):
+        """Sets val_loss from a script, before EarlyStopping and the checkpoint read it."""
+
+        def on_epoch_end(self, t, epoch, logs):
+            logs["val_loss"] = values[epoch]
+
+    return FakeValidation()
+
+
+def _fit_with_checkpoints(workdir, epochs, values, keep_best=1, resume=False):
+    from jaxnn.callbacks import Checkpoint
+    from jaxnn.checkpoint import Checkpointer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    trainer = Trainer(MLP(features=(4,), num_outputs=2), optimizer=optax.adam(0.05), seed=0)
+    trainer.initialize(x, batch_size=8, epochs=epochs)
+    stopper = EarlyStopping("val_loss", patience=2, restore_best_weights=True)
+    checkpointer = Checkpointer(
+        workdir, keep_latest=1, keep_best=keep_best, best_metric="val_loss", best_mode="min"
+    )
+    checkpoint = Checkpoint(checkpointer, {"EarlyStopping": stopper})
+    if resume:
+        trainer.restore(checkpoint.resume(trainer.state, trainer.empty_train_metrics()))
+    callbacks = [_scripted_val_loss(values), stopper, checkpoint]
+    trainer.fit(x, y, epochs=epochs - trainer.epoch, batch_size=8, verbose=0, callbacks=callbacks)
+    checkpointer.close()
+    return trainer, stopper
+
+
+def test_a_resumed_run_that_stops_early_restores_the_best_epoch_from_its_checkpoint(tmp_path):
+    values = [0.5, 0.4, 0.45, 0.41, 0.3, 0.2]  # best at epoch 1; stops after epoch 3
+    whole, _ = _fit_with_checkpoints(tmp_path / "whole", 6, values)
+    assert whole.epoch == 4
+    # The same run cut after epoch 2 (its best, epoch 1, is no longer the latest checkpoint),
+    # then resumed in a new process' objects.
+    _fit_with_checkpoints(tmp_path / "cut", 3, values)
+    resumed, stopper = _fit_with_checkpoints(tmp_path / "cut", 6, values, resume=True)
+    assert resumed.epoch == 4 and stopper.best_epoch == 1 and stopper.stopped_epoch == 3
+    assert stopper.best_step == 10  # 2 epochs of 5 steps
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.state.params, whole.state.params)
+
+
+def test_a_resumed_run_whose_best_checkpoint_is_gone_says_it_keeps_the_last_weights(tmp_path):
+    values = [0.5, 0.4, 0.45, 0.41, 0.3, 0.2]
+    _fit_with_checkpoints(tmp_path, 3, values, keep_best=0)
+    with pytest.warns(
+        UserWarning, match=r"EarlyStopping: the checkpoint of its best epoch \(step 10\)"
+    ):
+        resumed, stopper = _fit_with_checkpoints(tmp_path, 6, values, keep_best=0, resume=True)
+    assert stopper.stopped_epoch == 3 and stopper.best_variables is None
