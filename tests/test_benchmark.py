@@ -25,13 +25,21 @@ NUMERIC_FIELDS = ("train_examples_per_s", "eval_examples_per_s", "compile_s", "p
 QUICK_FRAMEWORKS = ("jaxnn", "flax", "flax_resident", "flax_scan", "jaxnn_warm_cache")
 
 
-def _run_quick(out: Path, *args: str, env: dict | None = None) -> tuple[dict, str]:
+def _quick_command(
+    out: Path, *args: str, env: dict | None = None
+) -> tuple[dict, subprocess.CompletedProcess]:
+    """``python -m experiments.benchmark --quick --out <out> *args``: its report and process."""
     command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out), *args]
     proc = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc
+
+
+def _run_quick(out: Path, *args: str, env: dict | None = None) -> tuple[dict, str]:
+    report, proc = _quick_command(out, *args, env=env)
+    return report, proc.stdout
 
 
 def _assert_measured(workload: str, framework: str, result: dict) -> None:
@@ -618,12 +626,8 @@ def test_seed_reaches_every_frameworks_initialisation_and_data_order(framework):
 
 
 def test_seed_and_repeats_flags_alternate_the_order_and_take_medians_and_paired_ratios(tmp_path):
-    out = tmp_path / "benchmark.json"
     args = ("--workloads", "mlp", "--frameworks", "jaxnn,flax", "--seed", "3", "--repeats", "2")
-    command = [sys.executable, "-m", "experiments.benchmark", "--quick", "--out", str(out), *args]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report, proc = _quick_command(tmp_path / "benchmark.json", *args)
     assert report["config"]["seed"] == 3 and report["config"]["repeats"] == 2
     assert "--seed 3 --repeats 2" in report["config"]["command"]
     # The workers ran A B, then B A.
