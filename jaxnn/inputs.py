@@ -172,9 +172,12 @@ class ModelInputs:
 
     def _abstract_logits(self, name: str, x: np.ndarray) -> jax.ShapeDtypeStruct:
         sample = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-        key = jax.random.key(0)
+
+        def init(s):  # the key made inside: an eager one would compile two small programs
+            return self.model.init_with_output(jax.random.key(0), s, train=False)
+
         try:
-            out = jax.eval_shape(lambda s: self.model.init_with_output(key, s, train=False), sample)
+            out = jax.eval_shape(init, sample)
         except ValueError as error:
             if str(error).startswith((f"{name}:", "x:", "model.")):  # already says what to do
                 raise ValueError(str(error).replace("x:", f"{name}:", 1)) from None

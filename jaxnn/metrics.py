@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn import losses
 
@@ -436,8 +437,17 @@ def compute_collection(collection: Mapping[str, Any]) -> dict[str, float]:
         >>> compute_collection({"loss": Loss(total=jnp.array(3.0), count=jnp.array(2.0))})
         {'loss': 1.5}
     """
-    computed = {
-        name: value.compute() if isinstance(value, Metric) else value
-        for name, value in collection.items()
-    }
-    return {name: float(value) for name, value in jax.device_get(computed).items()}
+    # Fetched first, then computed on the host: an eager division on the device would compile
+    # three small XLA programs in every fresh process, on the first epoch's clock.
+    return {name: _host_value(value) for name, value in jax.device_get(dict(collection)).items()}
+
+
+def _host_value(value: Any) -> float:
+    """A fetched metric's ``compute()`` in float32 numpy, the same bits as on the device (or the
+    value of a non-metric entry)."""
+    if not isinstance(value, Metric):
+        return float(value)
+    if type(value).compute is not Metric.compute:  # a subclass with a formula of its own
+        return float(value.compute())
+    total, count = np.float32(value.total), np.float32(value.count)
+    return float(total / count) if count > 0 else 0.0

@@ -221,3 +221,18 @@ def test_compute_collection_returns_host_floats():
     result = metrics_lib.compute_collection({**metrics, "nonfinite_steps": jnp.array(2, jnp.int32)})
     assert result == {"loss": 1.5, "nonfinite_steps": 2.0}
     assert all(type(v) is float for v in result.values())
+
+
+def test_metrics_computed_on_the_host_have_the_device_bits():
+    rng = np.random.default_rng(0)
+    totals = rng.uniform(0, 1e4, 200).astype(np.float32)
+    counts = np.concatenate([[0.0], rng.integers(1, 60_000, 199)]).astype(np.float32)
+    for total, count in zip(totals, counts, strict=True):
+        metric = metrics_lib.Accuracy(total=jnp.asarray(total), count=jnp.asarray(count))
+        host = metrics_lib.compute_collection({"accuracy": metric, "steps": jnp.asarray(count)})
+        assert host["accuracy"] == float(metric.compute())  # exactly: float32 on both sides
+        assert host["steps"] == float(count)
+    assert (
+        metrics_lib.compute_collection({"accuracy": metrics_lib.Accuracy.empty()})["accuracy"]
+        == 0.0
+    )
