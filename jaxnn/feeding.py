@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxnn import sharding
+from jaxnn.precompile import abstract
 from jaxnn.utils import ceil_div, round_up
 
 __all__ = ["BatchPlan", "Fed", "Feeder", "dispatch_size", "steps_per_epoch"]
@@ -104,6 +105,17 @@ class Fed:
             return self.x, self.y, plan.device_idx, plan.device_weight, start
         x, y = self.rows(plan, start, k)
         return x, y, plan.local_idx(k), plan.device_weight[start : start + k], 0
+
+    def abstract_inputs(self, num_batches: int, batch_size: int) -> tuple:
+        """What ``inputs`` returns for a resident dataset's first dispatch, as shapes, dtypes and
+        shardings only (``jax.ShapeDtypeStruct``): for compiling a step ahead of its first call."""
+        plan = functools.partial(
+            jax.ShapeDtypeStruct,
+            (num_batches, batch_size),
+            sharding=sharding.batch_sharding(self.feeder.mesh),
+        )
+        x, y = abstract((self.x, self.y))
+        return x, y, plan(np.dtype(np.int32)), plan(np.dtype(np.float32)), 0
 
     def rows(self, plan: BatchPlan, start: int, k: int) -> tuple[jax.Array, jax.Array | None]:
         """The rows of batches ``start .. start + k - 1``, gathered on the host and placed."""

@@ -19,7 +19,7 @@ from jaxnn import sharding
 # XLA CPU compile options for the one-off state initialisation (see init_on_mesh).
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-__all__ = ["TrainState", "create_train_state", "init_on_mesh", "rng_streams"]
+__all__ = ["TrainState", "create_train_state", "init_lowered", "init_on_mesh", "rng_streams"]
 
 
 @flax.struct.dataclass
@@ -100,6 +100,19 @@ def init_on_mesh(
     is compiled without LLVM's optimisations (uniform initialisers give the same bits; normal
     ones, through erfinv, differ in the last bits).
     """
+    return init_lowered(model, tx, input_shape, seed=seed, mesh=mesh).compile()()
+
+
+def init_lowered(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    *,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+) -> jax.stages.Lowered:
+    """``init_on_mesh``'s computation traced and lowered, not yet compiled: its ``out_info`` is
+    the state's shapes, dtypes and shardings, and ``.compile()()`` returns the state."""
 
     def init() -> TrainState:
         sample = jnp.zeros((1, *input_shape), jnp.float32)
@@ -107,4 +120,4 @@ def init_on_mesh(
 
     cpu = mesh.devices.flat[0].platform == "cpu"
     options = _INIT_COMPILER_OPTIONS if cpu else None
-    return jax.jit(init, out_shardings=sharding.replicated(mesh), compiler_options=options)()
+    return jax.jit(init, out_shardings=sharding.replicated(mesh), compiler_options=options).lower()

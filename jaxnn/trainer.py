@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,8 @@ from jaxnn import sharding as sharding_lib
 from jaxnn.callbacks import Callback, ProgressLogger
 from jaxnn.feeding import Fed, Feeder
 from jaxnn.loop import TrainLoop, evaluate_dispatches, train_dispatches
-from jaxnn.state import TrainState, init_on_mesh, rng_streams
+from jaxnn.precompile import Precompiler, abstract
+from jaxnn.state import TrainState, init_lowered, rng_streams
 from jaxnn.step import (
     Steps,
     TrainingDivergedError,
@@ -115,6 +117,70 @@ def _learning_rate_logs(opt_state: Any) -> dict[str, float]:
     return {} if math.isnan(learning_rate) else {"learning_rate": learning_rate}
 
 
+def _ignore(state: Any) -> None:
+    """``Trainer._build``'s default ``on_state``: nothing to start beside the initialisation."""
+
+
+def _make_trainer_steps(trainer: Trainer, tx: optax.GradientTransformation) -> Steps:
+    """``make_steps`` with the Trainer's model, loss, metrics and settings."""
+    return make_steps(
+        trainer.model,
+        trainer.loss,
+        tx,
+        trainer.metric_names,
+        augment=trainer.augment,
+        mesh=trainer.mesh,
+        compiler_options=trainer.compiler_options,
+    )
+
+
+def _eval_layout(trainer: Trainer, data: Fed, batch_size: int, params: Any) -> tuple[int, ...]:
+    """``(batch size, batches, batches per dispatch)`` of an evaluation of ``data``: whole
+    dispatches (weight-0 batches fill the last one), so one compiled evaluate serves each size;
+    a scan where it pays (MLPs), one batch per call for convolutional models and streams."""
+    batch_size = trainer._feeder.eval_batch_size(batch_size, data.n)
+    num_batches = ceil_div(data.n, batch_size)
+    k = (
+        feeding.dispatch_size(trainer.steps_per_dispatch, params, num_batches)
+        if data.resident
+        else 1
+    )
+    return batch_size, round_up(num_batches, k), k
+
+
+def _precompile_first_calls(
+    trainer: Trainer, train: Fed, val: Fed | None, batch_size: int, total: int, state: Any
+) -> None:
+    """Starts compiling the first train dispatch of ``fit`` (and the validation's evaluate) in
+    the background, for ``state`` (arrays or their abstract values): exactly the arguments
+    ``_train_epoch`` and ``_evaluate_fed`` will pass when the data is resident on the devices.
+    Streamed data and multi-process runs compile at the first call, as before."""
+    if trainer._feeder.multiprocess or not train.resident:
+        return
+    state, steps, background = abstract(state), trainer._steps, trainer._precompiler
+    k = feeding.dispatch_size(trainer.steps_per_dispatch, state.params, total)
+    masked = total <= k and total * batch_size > train.n and bool(state.batch_stats)
+
+    def train_args():
+        x, y, idx, weight, start = train.abstract_inputs(round_up(total, k), batch_size)
+        metrics = trainer.empty_train_metrics()
+        return (state, metrics, x, y, idx, weight, start, min(k, total)), {"k": k, "masked": masked}
+
+    background.start("train", steps.train, train_args)
+    if val is None or not val.resident:
+        return
+    eval_batch, num_batches, eval_k = _eval_layout(
+        trainer, val, max(batch_size, _EVAL_BATCH), state.params
+    )
+
+    def evaluate_args():
+        metrics = sharding_lib.replicate(steps.empty_eval_metrics(), trainer.mesh)
+        inputs = val.abstract_inputs(num_batches, eval_batch)
+        return (state.variables, metrics, *inputs), {"k": eval_k}
+
+    background.defer("evaluate", steps.evaluate, evaluate_args)
+
+
 def _require_state(state: TrainState | None, what: str) -> None:
     if state is None:
         raise RuntimeError(f"{what}() needs a trained model: call fit() first.")
@@ -188,6 +254,7 @@ class Trainer:
         self._resume_pending = False  # the loop's position and metrics continue an epoch
         self._steps: Steps | None = None
         self._built_for: tuple[int | None, ...] | None = None
+        self._precompiler = Precompiler()
 
     # ----------------------------------------------------------------------------- state
     def initialize(
@@ -213,27 +280,25 @@ class Trainer:
             batch_size = inputs.check_int("batch_size", batch_size, 1)
             n = self._feeder.global_count(len(x))
             steps_per_epoch = feeding.steps_per_epoch(n, batch_size, drop_remainder)
+        self._build(steps_per_epoch, epochs)
+        return self.state
+
+    def _build(self, steps_per_epoch: int, epochs: int | None, on_state=_ignore) -> None:
+        """``initialize``'s work; ``on_state(state)`` gets the state (its abstract values while
+        a new one's initialisation compiles) to start compiling the steps beside it."""
         # A later fit extends the run (epochs grows): the steps are rebuilt, and so compiled
         # again, only when the optimizer's schedule reads the run's length.
         built_for = _lengths_read(self.optimizer, steps_per_epoch, epochs)
-        if self._steps is not None and self._built_for == built_for:
-            return self.state
-        tx = _transformation(self.optimizer, steps_per_epoch, epochs)
-        if self.state is None:
-            self.state = init_on_mesh(
-                self.model, tx, self._inputs.input_shape, seed=self.seed, mesh=self.mesh
-            )
-        self._steps = make_steps(
-            self.model,
-            self.loss,
-            tx,
-            self.metric_names,
-            augment=self.augment,
-            mesh=self.mesh,
-            compiler_options=self.compiler_options,
-        )
-        self._built_for = built_for
-        return self.state
+        if self._steps is None or self._built_for != built_for:
+            tx = _transformation(self.optimizer, steps_per_epoch, epochs)
+            self._steps, self._built_for = _make_trainer_steps(self, tx), built_for
+            if self.state is None:
+                shape = self._inputs.input_shape
+                lowered = init_lowered(self.model, tx, shape, seed=self.seed, mesh=self.mesh)
+                on_state(lowered.out_info)
+                self.state = lowered.compile()()
+                return
+        on_state(self.state)
 
     def dispatch_size(self, num_steps: int) -> int:
         """Optimizer steps per compiled call for an epoch of ``num_steps`` steps (resolves
@@ -309,10 +374,12 @@ class Trainer:
         )  # fmt: skip
         sharding_lib.check_batch_size("batch_size", batch_size, self.mesh)
         train = self._feeder.feed(x, y)
+        val = validation and self._feeder.feed(*validation, prefix="validation_data ")
         batch_size = self._feeder.train_batch_size(batch_size, train.n)
         total = feeding.steps_per_epoch(train.n, batch_size, drop_remainder)
-        self.initialize(x, steps_per_epoch=total, epochs=self.epoch + epochs)
-        val = validation and self._feeder.feed(*validation, prefix="validation_data ")
+        # The steps compile in the background while the state initialises (jaxnn.precompile).
+        warm = functools.partial(_precompile_first_calls, self, train, val, batch_size, total)
+        self._build(total, self.epoch + epochs, on_state=warm)
         self.loop.steps_per_epoch = total
         if verbose:
             callbacks.append(ProgressLogger(total, self.epoch + epochs))
@@ -368,6 +435,7 @@ class Trainer:
         # Only the last batch can hold padding, and only BatchNorm needs telling (the loss and
         # metrics weigh every example anyway): a compiled variant of its own just for that.
         padded = total * batch_size > train.n and bool(self.state.batch_stats)
+        self._precompiler.wait("train")
         metrics = train_dispatches(
             loop, self._steps.train, train, plan, k, metrics, mask_last=padded, callbacks=callbacks
         )
@@ -377,13 +445,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- eval
     def _evaluate_fed(self, data: Fed, batch_size: int) -> dict[str, float]:
-        batch_size = self._feeder.eval_batch_size(batch_size, data.n)
-        num_batches = ceil_div(data.n, batch_size)
-        # Whole dispatches (weight-0 batches fill the last one): one compiled evaluate per size;
-        # a scan where it pays (MLPs), one batch per call for convolutional models and streams.
-        k = self.dispatch_size(num_batches) if data.resident else 1
-        plan = self._feeder.plan(data.n, batch_size, round_up(num_batches, k))
+        batch_size, num_batches, k = _eval_layout(self, data, batch_size, self.state.params)
+        plan = self._feeder.plan(data.n, batch_size, num_batches)
         metrics = sharding_lib.replicate(self._steps.empty_eval_metrics(), self.mesh)
+        self._precompiler.wait("evaluate")
         metrics = evaluate_dispatches(self._steps.evaluate, self.variables, metrics, data, plan, k)
         return metrics_lib.compute_collection(metrics)
 
