@@ -19,7 +19,14 @@ from jaxnn import sharding
 # XLA CPU compile options for the one-off state initialisation (see init_on_mesh).
 _INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-__all__ = ["TrainState", "create_train_state", "init_lowered", "init_on_mesh", "rng_streams"]
+__all__ = [
+    "TrainState",
+    "create_train_state",
+    "init_compiler_options",
+    "init_lowered",
+    "init_on_mesh",
+    "rng_streams",
+]
 
 
 @flax.struct.dataclass
@@ -118,6 +125,11 @@ def init_lowered(
         sample = jnp.zeros((1, *input_shape), jnp.float32)
         return create_train_state(model, tx, sample, seed=seed)
 
-    cpu = mesh.devices.flat[0].platform == "cpu"
-    options = _INIT_COMPILER_OPTIONS if cpu else None
+    options = init_compiler_options(mesh)
     return jax.jit(init, out_shardings=sharding.replicated(mesh), compiler_options=options).lower()
+
+
+def init_compiler_options(mesh: jax.sharding.Mesh) -> dict[str, Any] | None:
+    """XLA options for a computation that runs once, an initialisation: on CPU without LLVM's
+    optimisations (see ``init_on_mesh``), elsewhere XLA's defaults (None)."""
+    return _INIT_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None

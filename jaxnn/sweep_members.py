@@ -274,6 +274,7 @@ class EpochFit:
         ]
         plan = sweep.plan(self.n_train, self.batch_size, round_up(total, k), self.train_rows, keys)
         metrics = sweep.train_epoch(self.data, plan, k, sweep_callbacks, self.n_train)
+        metrics = jax.device_get(metrics)  # one fetch; each member's slice is then numpy's
         train_time = time.perf_counter() - start
         logs = [self._train_logs(metrics, i) for i in range(sweep.size)]
         if self.val is not None:

@@ -19,6 +19,7 @@ import pytest
 
 import jaxnn
 from jaxnn.callbacks import EarlyStopping, ReduceLROnPlateau
+from jaxnn.state import init_on_mesh
 from jaxnn.sweep_members import check_members, traced_values
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +84,33 @@ def test_each_member_ends_like_its_single_run(case):
     x, y = data()
     fit = {"epochs": 2, "batch_size": 32, "validation_split": 0.2}
     assert_matches_single_runs(mlp(), CASES[case], x, y, fit)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_every_member_starts_from_the_bits_of_its_own_initialisation(model):
+    # One vmapped, compiled initialisation for the K members: each member's state (params,
+    # BatchNorm statistics, optimizer state with its own hyperparameters, dropout key) has the
+    # bits init_on_mesh gives its seed and optimizer alone, a seed past 2**32 included.
+    if model == "mlp":
+        network, x = mlp(), data(64)[0]
+    else:
+        network = jaxnn.CNN(filters=(3,), dense=(5,), num_outputs=2, batch_norm=True)
+        x = np.zeros((40, 7, 7, 1), np.float32)
+    members = [
+        {"seed": seed, "optimizer": {"name": "momentum", "learning_rate": lr, "momentum": m}}
+        for seed, lr, m in ((0, 0.1, 0.9), (3, 0.02, 0.5), (2**32 + 5, 0.1, 0.99))
+    ]
+    sweep = jaxnn.Sweep(network, members)
+    sweep.initialize(x, epochs=3, batch_size=8)
+    for i, member in enumerate(members):
+        tx = jaxnn.optim.build(member["optimizer"], steps_per_epoch=5, epochs=3)
+        alone = init_on_mesh(network, tx, x.shape[1:], seed=member["seed"], mesh=sweep.mesh)
+        ours = sweep.member_state(i)
+        assert jax.tree.structure(ours) == jax.tree.structure(alone)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    key_data = [np.asarray(sweep.member_state(i).rng) for i in range(3)]
+    assert not np.array_equal(key_data[0], key_data[2])  # 2**32 + 5 is not seed 0's key
 
 
 def test_a_cnn_with_batchnorm_and_a_cosine_schedule_matches_single_runs():
