@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.utils import tree_digest
@@ -100,8 +99,8 @@ def _layer_flops(kind: str, params: dict[str, Any], out_shape: Sequence[int]) ->
 
 def _layer_calls(model: Any, variables: dict[str, Any], x: jax.Array) -> list[tuple]:
     """``(name, input shape, output shape)`` of each direct submodule's first call, in call
-    order, from a real forward pass at batch 1 (cheap, and unlike ``eval_shape`` it keeps the
-    order)."""
+    order, recorded while the forward pass at batch 1 is traced (``jax.eval_shape``: nothing is
+    compiled; run op by op, it compiled a small XLA program per operation)."""
     import flax.linen as nn
 
     calls: dict[str, tuple] = {}
@@ -115,7 +114,7 @@ def _layer_calls(model: Any, variables: dict[str, Any], x: jax.Array) -> list[tu
         return out
 
     with nn.intercept_methods(record):
-        model.apply(variables, x, train=False)
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     return list(calls.values())
 
 
@@ -195,7 +194,7 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
 
         print(model_summary(CNN(), trainer.variables, (28, 28, 1)))  # or trainer.summary()
     """
-    x = jnp.zeros((1, *input_shape), jnp.float32)
+    x = np.zeros((1, *input_shape), np.float32)  # a host array: nothing to compile for it
     rows = _summary_rows(model, variables, x)
     header = ("Layer", "Output shape", "Params", "Non-trainable", "FLOPs/example")
     body = [(n, str((None, *s[1:])), f"{p:,}", f"{b:,}", f"{f:,}") for n, s, p, b, f in rows]
