@@ -103,16 +103,17 @@ print(len(jax.devices()), " ".join(sorted(n for n in names if "train" in n or "e
 """
 
 
-def test_the_background_compilations_match_the_calls_over_8_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-c", PRECOMPILED_ON_8_DEVICES],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def run_python(code: str, devices: int = 1) -> subprocess.CompletedProcess:
+    """``code`` in a fresh CPU process with ``devices`` host devices, its output captured."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXNN_COMPILATION_CACHE": "off"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_the_background_compilations_match_the_calls_over_8_devices():
+    result = run_python(PRECOMPILED_ON_8_DEVICES, devices=8)
     assert result.returncode == 0, result.stderr[-3000:]
     devices, *compiled = result.stdout.split()
     assert devices == "8"
@@ -180,12 +181,6 @@ def test_an_error_while_a_step_compiles_in_the_background_exits_with_its_traceba
     # The first dispatch's callback raises while the validation's evaluate still compiles in
     # its thread: the process ends with the error's traceback and exit status 1, not aborted in
     # C++ (status 134) by an interpreter shutting down under the compilation.
-    result = subprocess.run(
-        [sys.executable, "-c", FIT_STOPPED_BY_AN_ERROR],
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAXNN_COMPILATION_CACHE": "off"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python(FIT_STOPPED_BY_AN_ERROR)
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.rstrip().endswith("RuntimeError: stopped by the test")
