@@ -49,7 +49,9 @@ What is measured (and how):
 * ``train_examples_per_s``: training examples of one epoch / the epoch's synchronised train time,
   the median over the epochs after the first (warm-up) epoch.
 * ``compile_s``: first epoch's train time minus the median later epoch's (tracing, compilation and
-  first-touch costs; about 0 for eager PyTorch, where it is clipped at 0).
+  first-touch costs; about 0 for eager PyTorch, where it is clipped at 0). jaxnn's ``fit``
+  compiles partly before its first epoch starts (beside the initialisation), so its figure is the
+  compilation it still waits for; ``time_to_accuracy_s`` counts all of it.
 * ``eval_examples_per_s``: test examples / time of one pass over the test set with batch 1024 (each
   framework's own evaluate), median of 3 passes after a warm-up pass.
 * ``peak_rss_mb``: ``ru_maxrss`` of the subprocess (data, framework, compiled code, everything).
