@@ -134,6 +134,13 @@ def _make_trainer_steps(trainer: Trainer, tx: optax.GradientTransformation) -> S
     )
 
 
+def _mask_last_batch(total: int, batch_size: int, n: int, state: Any) -> bool:
+    """Whether an epoch's last batch runs the masked train variant: only it can hold padding,
+    and only BatchNorm needs telling (the loss and metrics weigh every example anyway), so it
+    gets a compiled variant of its own just for that. ``state``: arrays or abstract values."""
+    return total * batch_size > n and bool(state.batch_stats)
+
+
 def _eval_layout(trainer: Trainer, data: Fed, batch_size: int, params: Any) -> tuple[int, ...]:
     """``(batch size, batches, batches per dispatch)`` of an evaluation of ``data``: whole
     dispatches (weight-0 batches fill the last one), so one compiled evaluate serves each size;
@@ -159,7 +166,7 @@ def _precompile_first_calls(
         return
     state, steps, background = abstract(state), trainer._steps, trainer._precompiler
     k = feeding.dispatch_size(trainer.steps_per_dispatch, state.params, total)
-    masked = total <= k and total * batch_size > train.n and bool(state.batch_stats)
+    masked = total <= k and _mask_last_batch(total, batch_size, train.n, state)
 
     def train_args():
         x, y, idx, weight, start = train.abstract_inputs(round_up(total, k), batch_size)
@@ -432,9 +439,7 @@ class Trainer:
         self._resume_pending = False
         loop.position = done
         loop.global_step = int(self.state.step)  # one sync per epoch; then counted on the host
-        # Only the last batch can hold padding, and only BatchNorm needs telling (the loss and
-        # metrics weigh every example anyway): a compiled variant of its own just for that.
-        padded = total * batch_size > train.n and bool(self.state.batch_stats)
+        padded = _mask_last_batch(total, batch_size, train.n, self.state)
         self._precompiler.wait("train")
         metrics = train_dispatches(
             loop, self._steps.train, train, plan, k, metrics, mask_last=padded, callbacks=callbacks
