@@ -509,7 +509,7 @@ class Checkpoint(Callback):
         self.stateful = dict(stateful)
         self.every_steps = every_steps
         self.stop = stop if stop is not None else StopRequest()
-        self._last_saved_step = -1
+        self._last_saved_step = 0
 
     def request_stop(self) -> None:
         """Asks for a save and a stop after the step in flight (safe from a signal handler)."""
@@ -567,8 +567,9 @@ class Checkpoint(Callback):
             raise KeyboardInterrupt("stop requested; checkpoint saved")
 
     def on_train_begin(self, loop: TrainLoop) -> None:
-        # A resumed run starts at the step it restored, which is on disk.
-        self._last_saved_step = loop.global_step if loop.global_step else -1
+        # A resumed run starts at the step it restored, which is on disk; a new one at step 0,
+        # so the first step checkpoint falls once every_steps steps are done.
+        self._last_saved_step = loop.global_step
         self.stop.armed = True
 
     def on_dispatch_end(self, loop: TrainLoop, steps_done: int, metrics: dict[str, Any]) -> None:

@@ -268,3 +268,20 @@ def test_a_resumed_run_whose_best_checkpoint_is_gone_says_it_keeps_the_last_weig
     ):
         resumed, stopper = _fit_with_checkpoints(tmp_path, 6, values, keep_best=0, resume=True)
     assert stopper.stopped_epoch == 3 and stopper.best_variables is None
+
+
+def test_step_checkpoints_fall_every_n_steps_from_the_start(tmp_path):
+    # 40 examples in batches of 8: 5 steps per epoch, dispatches of 2 end at steps 2, 4, 5 (the
+    # epoch's end), 7, 9, 10. Every 3 steps: saves at 4 (crossing 3), 5 (epoch end), 7 (crossing
+    # 6), 9 (crossing 9) and 10 (epoch end) - not at 2, before the first 3 steps are done.
+    from jaxnn.callbacks import Checkpoint
+    from jaxnn.checkpoint import Checkpointer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    trainer = Trainer(MLP(features=(4,), num_outputs=2), steps_per_dispatch=2, seed=0)
+    with Checkpointer(tmp_path, keep_latest=10, async_save=False) as checkpointer:
+        checkpoint = Checkpoint(checkpointer, {}, every_steps=3)
+        trainer.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[checkpoint])
+        assert checkpointer.all_steps() == [4, 5, 7, 9, 10]
