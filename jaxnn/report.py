@@ -152,14 +152,19 @@ def _readable_size(num_bytes: float) -> str:
     return f"{num_bytes:.2f} TB"
 
 
-def _total_flops(model: Any, variables: dict[str, Any], x: jax.Array, rows: list) -> int:
+def _total_flops(
+    model: Any, variables: dict[str, Any], x: jax.Array, rows: list, images: int = 1
+) -> tuple[int, str]:
+    """``(FLOPs, where they come from)`` of ``model``'s forward pass on ``x``: XLA's cost analysis,
+    or, where a backend has none, the layers' sum over the ``images`` each example is classified
+    as (2 with test-time flips)."""
     try:
         compiled = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
-        return int(cost.get("flops", 0))
+        return int(cost.get("flops", 0)), "XLA cost analysis"
     except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
-        return sum(row[-1] for row in rows)
+        return images * sum(row[-1] for row in rows), "sum of the layers"
 
 
 def _summary_rows(model: Any, variables: dict[str, Any], x: jax.Array) -> list[tuple]:
@@ -210,12 +215,12 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
     # the plain forward pass (as trained), and the evaluation's cost gets a line of its own.
     flips = bool(getattr(model, "test_time_hflip", False))
     plain = model.clone(test_time_hflip=False) if flips else model
-    total_flops = _total_flops(plain, variables, x, rows)
+    total_flops, source = _total_flops(plain, variables, x, rows)
     total_size = _readable_size(trainable_bytes + frozen_bytes)
     flip_line = (
         [
             "FLOPs per example when evaluating or predicting (test-time flips: the image and its "
-            f"mirror image): {_total_flops(model, variables, x, rows):,}"
+            f"mirror image): {_total_flops(model, variables, x, rows, images=2)[0]:,}"
         ]
         if flips
         else []
@@ -230,7 +235,7 @@ def model_summary(model: Any, variables: dict[str, Any], input_shape: Sequence[i
             f"Trainable params: {trainable:,} ({_readable_size(trainable_bytes)})",
             f"Non-trainable params (BatchNorm statistics): {frozen:,} "
             f"({_readable_size(frozen_bytes)})",
-            f"FLOPs per example (forward, XLA cost analysis): {total_flops:,}",
+            f"FLOPs per example (forward, {source}): {total_flops:,}",
             *flip_line,
         ]
     )
