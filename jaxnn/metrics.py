@@ -167,8 +167,13 @@ class Metric:
             >>> float(Loss(total=jnp.array(6.0), count=jnp.array(3.0)).compute())
             2.0
         """
+        # Fetched (numpy) values are computed in numpy: the same float32 bits (the fillers take
+        # the count's dtype, so numpy 1.x does not promote to float64), and no small XLA program
+        # to compile for them (compute_collection).
+        xp = np if isinstance(self.total, np.ndarray | np.generic) else jnp
         positive = self.count > 0
-        return jnp.where(positive, self.total / jnp.where(positive, self.count, 1.0), 0.0)
+        quotient = self.total / xp.where(positive, self.count, xp.ones_like(self.count))
+        return xp.where(positive, quotient, xp.zeros_like(quotient))
 
 
 def _labels(outputs: Array, targets: Array) -> Array:
@@ -439,15 +444,8 @@ def compute_collection(collection: Mapping[str, Any]) -> dict[str, float]:
     """
     # Fetched first, then computed on the host: an eager division on the device would compile
     # three small XLA programs in every fresh process, on the first epoch's clock.
-    return {name: _host_value(value) for name, value in jax.device_get(dict(collection)).items()}
-
-
-def _host_value(value: Any) -> float:
-    """A fetched metric's ``compute()`` in float32 numpy, the same bits as on the device (or the
-    value of a non-metric entry)."""
-    if not isinstance(value, Metric):
-        return float(value)
-    if type(value).compute is not Metric.compute:  # a subclass with a formula of its own
-        return float(value.compute())
-    total, count = np.float32(value.total), np.float32(value.count)
-    return float(total / count) if count > 0 else 0.0
+    fetched = jax.device_get(dict(collection))
+    return {
+        name: float(value.compute() if isinstance(value, Metric) else value)
+        for name, value in fetched.items()
+    }
